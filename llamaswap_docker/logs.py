@@ -1,0 +1,82 @@
+"""Logging set up in one place: loguru, one line per event, ``key=value`` fields.
+
+Call sites bind their fields (``logger.bind(model=..., container=...).info("container started")``)
+and every line reads ``2026-01-01 12:00:00.000 INFO  container started model=x container=y``,
+so ``grep model=x`` finds a model's whole story. Recent lines are also kept in memory for the
+``/logs`` API.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["configure_logging", "LogBuffer", "log_buffer", "logger"]
+
+# llama-swap's level names, mapped onto loguru's.
+_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
+           "error": "ERROR"}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(ch.isspace() or ch in '"=' for ch in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Render a record as ``time LEVEL message k=v ...`` (braces escaped for loguru)."""
+    fields = " ".join(f"{key}={_quote(value)}" for key, value in record["extra"].items())
+    line = f"{record['time']:YYYY-MM-DD HH:mm:ss.SSS} {record['level'].name:<7} {record['message']}"
+    if fields:
+        line += " " + fields
+    return line.replace("{", "{{").replace("}", "}}") + "\n{exception}"
+
+
+class LogBuffer:
+    """The most recent log lines, with subscribers for live streaming."""
+
+    def __init__(self, capacity: int = 2000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._subscribers: list[Any] = []
+
+    def write(self, message: str) -> None:
+        line = message.rstrip("\n")
+        with self._lock:
+            self._lines.append(line)
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback(line)
+
+    def history(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def subscribe(self, callback: Any) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Any) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+
+#: The process-wide buffer behind ``GET /logs``.
+log_buffer = LogBuffer()
+
+
+def configure_logging(level: str = "info") -> None:
+    """Send log lines to stderr and to ``log_buffer`` at ``level`` (llama-swap names)."""
+    loguru_level = _LEVELS.get(level.lower(), level.upper())
+    logger.remove()
+    logger.add(sys.stderr, level=loguru_level, format=format_record, backtrace=False,
+               diagnose=False)
+    logger.add(log_buffer.write, level=loguru_level, format=format_record, backtrace=False,
+               diagnose=False)

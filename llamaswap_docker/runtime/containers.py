@@ -1,0 +1,256 @@
+"""Model containers on the engine: create, start, inspect, stop and remove, list what we own.
+
+Routing: when the proxy runs on the host, the container port is published on 127.0.0.1 with an
+ephemeral host port; when the proxy runs in a container on ``docker.network``, containers are
+reached by name on that network and nothing is published.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import docker.errors
+from loguru import logger
+
+from llamaswap_docker.errors import EngineError
+from llamaswap_docker.runtime import labels
+from llamaswap_docker.runtime.engine import Engine, running_in_container
+from llamaswap_docker.runtime.spec import ContainerSpec
+
+__all__ = ["Routing", "ContainerRef", "ContainerState", "Containers", "resolve_routing"]
+
+Routing = Literal["host", "network"]
+
+
+def resolve_routing(setting: str) -> Routing:
+    """``auto`` → ``network`` inside a container, ``host`` otherwise."""
+    if setting == "auto":
+        return "network" if running_in_container() else "host"
+    if setting not in ("host", "network"):
+        raise ValueError(f"routing must be auto, host or network, not {setting!r}")
+    return setting  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """A container we own, as the engine reported it."""
+
+    id: str
+    name: str
+    model_id: str
+    spec_hash: str
+    instance: str
+    status: str
+    #: Where the server inside answers, e.g. ``http://127.0.0.1:49153``; None if not running.
+    base_url: str | None
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What ``inspect`` says of a container's process."""
+
+    status: str
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+
+    def describe(self) -> str:
+        """One phrase for error messages: 'exited with code 2 (OOM-killed)'."""
+        if self.running:
+            return "is running"
+        text = f"exited with code {self.exit_code}"
+        if self.oom_killed:
+            text += " (OOM-killed)"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:40] or "model"
+
+
+class Containers:
+    """The model containers of one proxy instance."""
+
+    def __init__(self, engine: Engine, instance: str, network: str, routing: Routing) -> None:
+        self.engine = engine
+        self.instance = instance
+        self.network = network
+        self.routing = routing
+
+    # -- network -----------------------------------------------------------------------------
+
+    def ensure_network(self) -> None:
+        """Create the user-defined bridge model containers join, unless it exists."""
+        client = self.engine.client
+        found = self.engine.run_sync(
+            f"listing networks named {self.network}", client.networks.list, names=[self.network]
+        )
+        if any(net.name == self.network for net in found):
+            return
+        try:
+            self.engine.run_sync(
+                f"creating network {self.network}",
+                client.networks.create,
+                self.network,
+                driver="bridge",
+                labels=labels.ownership_labels(self.instance),
+            )
+        except EngineError:
+            # Another proxy may have created it between our list and create.
+            again = client.networks.list(names=[self.network])
+            if not any(net.name == self.network for net in again):
+                raise
+        logger.bind(network=self.network).info("network created")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> ContainerRef:
+        """Create (not start) the container for ``spec``, labelled, with a fresh unique name."""
+        name = f"llamaswap-{_slug(self.instance)}-{_slug(spec.model_id)}-{secrets.token_hex(3)}"
+        kwargs = spec.container_kwargs()
+        kwargs["labels"] = {
+            **dict(spec.labels),
+            **labels.ownership_labels(self.instance, spec.model_id, spec.spec_hash, spec.port),
+        }
+        kwargs["name"] = name
+        kwargs["network"] = self.network
+        if self.routing == "host":
+            kwargs["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", None)}
+        container = self.engine.run_sync(
+            f"creating container for model {spec.model_id!r}",
+            self.engine.client.containers.create,
+            **kwargs,
+        )
+        return self._ref(container.attrs, port=spec.port)
+
+    def start(self, container_id: str, port: int) -> ContainerRef:
+        """Start a created container and read back where it answers."""
+        container = self._get(container_id)
+        self.engine.run_sync(f"starting container {container.name}", container.start)
+        self.engine.run_sync(f"inspecting container {container.name}", container.reload)
+        return self._ref(container.attrs, port=port)
+
+    def state(self, container_id: str) -> ContainerState | None:
+        """The container's process state, or None when it no longer exists."""
+        try:
+            attrs = self.engine.run_sync(
+                f"inspecting container {container_id[:12]}",
+                self.engine.client.api.inspect_container,
+                container_id,
+            )
+        except EngineError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        state = attrs.get("State", {})
+        return ContainerState(
+            status=state.get("Status", "unknown"),
+            running=bool(state.get("Running")),
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=state.get("Error", ""),
+        )
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        """The last ``lines`` lines the container wrote (stdout and stderr); '' if gone."""
+        try:
+            output = self.engine.run_sync(
+                f"reading logs of {container_id[:12]}",
+                self.engine.client.api.logs,
+                container_id,
+                tail=lines,
+            )
+        except EngineError:
+            return ""
+        return output.decode("utf-8", "replace").rstrip()
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        """Stop (SIGTERM, SIGKILL after ``timeout`` s), remove, and verify the container is gone.
+
+        Raises:
+            EngineError: the engine still lists the container afterwards.
+        """
+        api = self.engine.client.api
+        short = container_id[:12]
+        for action, call in (
+            ("stopping", lambda: api.stop(container_id, timeout=timeout)),
+            ("removing", lambda: api.remove_container(container_id, force=True, v=True)),
+        ):
+            try:
+                self.engine.run_sync(f"{action} container {short}", call)
+            except EngineError as exc:
+                if isinstance(exc.__cause__, docker.errors.NotFound):
+                    continue
+                # A removal already in progress answers 409: wait for it below.
+                if not isinstance(exc.__cause__, docker.errors.APIError):
+                    raise
+        try:
+            api.wait(container_id, condition="removed", timeout=timeout + 10)
+        except docker.errors.NotFound:
+            pass
+        except Exception:  # noqa: BLE001 - a timeout or engine error: verify below
+            pass
+        if self.state(container_id) is not None:
+            raise EngineError(f"container {short} is still on the engine after stop and remove")
+
+    def list_owned(self, model_id: str | None = None) -> list[ContainerRef]:
+        """Every container (running or not) labelled as this instance's."""
+        containers = self.engine.run_sync(
+            "listing containers",
+            self.engine.client.containers.list,
+            all=True,
+            filters=labels.instance_filters(self.instance, model_id),
+        )
+        return [self._ref(container.attrs) for container in containers]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _get(self, container_id: str) -> Any:
+        return self.engine.run_sync(
+            f"finding container {container_id[:12]}",
+            self.engine.client.containers.get,
+            container_id,
+        )
+
+    def _ref(self, attrs: dict[str, Any], port: int | None = None) -> ContainerRef:
+        container_labels = attrs.get("Config", {}).get("Labels") or {}
+        name = attrs.get("Name", "").lstrip("/")
+        state = attrs.get("State", {})
+        status = state.get("Status", "unknown") if isinstance(state, dict) else str(state)
+        if port is None:
+            port = self._container_port(attrs)
+        return ContainerRef(
+            id=attrs["Id"],
+            name=name,
+            model_id=container_labels.get(labels.MODEL, ""),
+            spec_hash=container_labels.get(labels.SPEC_HASH, ""),
+            instance=container_labels.get(labels.INSTANCE, ""),
+            status=status,
+            base_url=self._base_url(attrs, name, port) if status == "running" else None,
+        )
+
+    @staticmethod
+    def _container_port(attrs: dict[str, Any]) -> int | None:
+        value = (attrs.get("Config", {}).get("Labels") or {}).get(labels.PORT)
+        return int(value) if value and value.isdigit() else None
+
+    def _base_url(self, attrs: dict[str, Any], name: str, port: int | None) -> str | None:
+        if port is None:
+            return None
+        if self.routing == "network":
+            return f"http://{name}:{port}"
+        bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp")
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                return f"http://127.0.0.1:{binding['HostPort']}"
+        return None

@@ -1,0 +1,106 @@
+"""``Engine``: the one docker-py client, run in worker threads, with errors translated once.
+
+docker-py is blocking; every call goes through ``Engine.run`` (a worker thread) so the event
+loop never waits on the socket. ``docker.errors`` never escape this package: they become the
+``LlamaswapError`` subclasses in ``llamaswap_docker.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from llamaswap_docker.errors import EngineError, EngineUnreachable, ImageNotFound
+
+__all__ = ["Engine", "translate_errors", "running_in_container"]
+
+T = TypeVar("T")
+
+_HOW_TO_START = (
+    "Start the engine (`sudo systemctl start docker`, or `dockerd &`), or point "
+    "DOCKER_HOST / docker.host / --docker-host at a running one"
+)
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Map docker-py and transport errors raised inside to our error tree."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(f"{action}: image not found: {exc.explanation}") from exc
+    except docker.errors.APIError as exc:
+        raise EngineError(f"{action}: {exc.explanation or exc}") from exc
+    except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
+        raise EngineUnreachable(f"{action}: the Docker engine is not reachable. {_HOW_TO_START}.") from exc
+    except docker.errors.DockerException as exc:
+        if "Error while fetching server API version" in str(exc):
+            raise EngineUnreachable(
+                f"{action}: the Docker engine is not reachable ({exc}). {_HOW_TO_START}."
+            ) from exc
+        raise EngineError(f"{action}: {exc}") from exc
+
+
+def running_in_container() -> bool:
+    """Whether this process itself runs inside a container (Docker or Podman)."""
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
+class Engine:
+    """A connection to one Docker engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, host: str | None = None, timeout: int = 60) -> "Engine":
+        """Connect to ``host`` (an engine URL) or, when None, to DOCKER_HOST / the local socket.
+
+        Raises:
+            EngineUnreachable: no engine answers there.
+        """
+        target = host or os.environ.get("DOCKER_HOST") or "the local socket"
+        with translate_errors(f"connecting to Docker at {target}"):
+            if host:
+                client = docker.DockerClient(base_url=host, timeout=timeout)
+            else:
+                client = docker.from_env(timeout=timeout)
+            client.ping()
+        return cls(client)
+
+    async def run(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking docker-py call in a worker thread, translating its errors."""
+
+        def call() -> T:
+            with translate_errors(action):
+                return function(*args, **kwargs)
+
+        return await asyncio.to_thread(call)
+
+    def run_sync(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The same, for code already in a worker thread (or the CLI)."""
+        with translate_errors(action):
+            return function(*args, **kwargs)
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        with translate_errors("reading engine info"):
+            return self.client.version()
+
+    @property
+    def is_podman(self) -> bool:
+        """Podman's Docker-compatible API names itself in the version components."""
+        components = self.info.get("Components") or []
+        return any("podman" in str(c.get("Name", "")).lower() for c in components)
+
+    def close(self) -> None:
+        self.client.close()

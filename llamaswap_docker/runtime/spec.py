@@ -1,0 +1,100 @@
+"""``ContainerSpec``: everything the engine needs to run one model, and its hash.
+
+The spec is resolved from config once; its hash goes on the container as a label so a restarted
+proxy can tell whether a running container still matches the config (adopt) or not (replace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["ContainerSpec", "parse_size"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str | int | None) -> int | None:
+    """``"16g"`` → bytes, as Docker's ``--shm-size``/``--memory`` read it."""
+    if value is None or isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512m, 16g)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A model's container, resolved from config: image, command, port and host options."""
+
+    model_id: str
+    image: str
+    command: tuple[str, ...] = ()
+    port: int = 8080
+    env: tuple[tuple[str, str], ...] = ()
+    volumes: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    user: str | None = None
+    shm_size: int | None = None
+    ipc_mode: str | None = None
+    mem_limit: int | None = None
+    nano_cpus: int | None = None
+    devices: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()
+    runtime: str | None = None
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    # Each entry: {"Driver", "Count", "DeviceIDs", "Capabilities"} as the engine takes them.
+    device_requests: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def spec_hash(self) -> str:
+        """Short stable hash of every field: equal specs, equal hashes."""
+        canonical = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def container_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for docker-py's ``containers.create`` (labels, name, network apart)."""
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "command": list(self.command) or None,
+            "environment": dict(self.env),
+            "volumes": list(self.volumes),
+            "detach": True,
+        }
+        optional = {
+            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "user": self.user,
+            "shm_size": self.shm_size,
+            "ipc_mode": self.ipc_mode,
+            "mem_limit": self.mem_limit,
+            "nano_cpus": self.nano_cpus,
+            "devices": list(self.devices) or None,
+            "group_add": list(self.group_add) or None,
+            "runtime": self.runtime,
+            "privileged": self.privileged or None,
+            "cap_add": list(self.cap_add) or None,
+            "extra_hosts": dict(self.extra_hosts) or None,
+        }
+        kwargs.update({key: value for key, value in optional.items() if value is not None})
+        if self.device_requests:
+            from docker.types import DeviceRequest
+
+            kwargs["device_requests"] = [
+                DeviceRequest(
+                    driver=request.get("Driver", ""),
+                    count=request.get("Count", 0),
+                    device_ids=request.get("DeviceIDs") or None,
+                    capabilities=request.get("Capabilities") or None,
+                    options=request.get("Options") or None,
+                )
+                for request in map(dict, self.device_requests)
+            ]
+        return kwargs
