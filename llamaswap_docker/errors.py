@@ -13,6 +13,7 @@ it in the caller's dialect and the CLI prints it as one line.
     │   ├── ModelNotFound            no model or alias of that name
     │   ├── ModelStartFailed         the container exited or never became healthy
     │   ├── ModelStopped             the container went away while serving
+    │   ├── UpstreamUnavailable      the model's server could not be reached
     │   └── ConcurrencyLimitExceeded too many requests in flight for a model
     └── RequestError                 the client's request is malformed
 """
@@ -30,6 +31,7 @@ __all__ = [
     "ModelNotFound",
     "ModelStartFailed",
     "ModelStopped",
+    "UpstreamUnavailable",
     "ConcurrencyLimitExceeded",
     "RequestError",
 ]
@@ -107,6 +109,13 @@ class ModelStopped(ModelError):
 
     status_code = 502
     code = "model_stopped"
+
+
+class UpstreamUnavailable(ModelError):
+    """The model's container runs but its server refused or dropped the connection."""
+
+    status_code = 502
+    code = "upstream_unavailable"
 
 
 class ConcurrencyLimitExceeded(ModelError):

@@ -9,13 +9,17 @@ so ``grep model=x`` finds a model's whole story. Recent lines are also kept in m
 from __future__ import annotations
 
 import collections
+import logging
 import sys
 import threading
 from typing import Any
 
 from loguru import logger
 
-__all__ = ["configure_logging", "LogBuffer", "log_buffer", "logger"]
+__all__ = ["configure_logging", "intercept_stdlib_logging", "LogBuffer", "log_buffer", "logger"]
+
+#: Our own errors carry a full message; their tracebacks stay out of the log unless debugging.
+_QUIET_EXCEPTIONS: tuple[type[BaseException], ...] = ()
 
 # llama-swap's level names, mapped onto loguru's.
 _LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
@@ -80,3 +84,30 @@ def configure_logging(level: str = "info") -> None:
                diagnose=False)
     logger.add(log_buffer.write, level=loguru_level, format=format_record, backtrace=False,
                diagnose=False)
+
+
+class _InterceptHandler(logging.Handler):
+    """Route the stdlib loggers (uvicorn's) through loguru, so every line has one format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        exc_info = record.exc_info
+        if exc_info and _QUIET_EXCEPTIONS and isinstance(exc_info[1], _QUIET_EXCEPTIONS):
+            message = f"{record.getMessage()} {exc_info[1]}"
+            logger.bind(source=record.name).log(level, message)
+            return
+        logger.bind(source=record.name).opt(exception=exc_info).log(level, record.getMessage())
+
+
+def intercept_stdlib_logging(quiet: tuple[type[BaseException], ...] = ()) -> None:
+    """Send uvicorn's and other stdlib log records to loguru; ``quiet`` errors lose tracebacks."""
+    global _QUIET_EXCEPTIONS
+    _QUIET_EXCEPTIONS = quiet
+    handler = _InterceptHandler()
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi"):
+        stdlib_logger = logging.getLogger(name)
+        stdlib_logger.handlers = [handler]
+        stdlib_logger.propagate = False

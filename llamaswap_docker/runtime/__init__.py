@@ -9,7 +9,7 @@ from llamaswap_docker.runtime.containers import (
 )
 from llamaswap_docker.runtime.engine import Engine, running_in_container
 from llamaswap_docker.runtime.images import PullPolicy, PullProgress, ensure_image
-from llamaswap_docker.runtime.spec import ContainerSpec, parse_size
+from llamaswap_docker.runtime.spec import ContainerSpec
 
 __all__ = [
     "ContainerRef",
@@ -21,7 +21,6 @@ __all__ = [
     "PullProgress",
     "Routing",
     "ensure_image",
-    "parse_size",
     "resolve_routing",
     "running_in_container",
 ]

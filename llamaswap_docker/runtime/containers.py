@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,15 +21,37 @@ from llamaswap_docker.runtime import labels
 from llamaswap_docker.runtime.engine import Engine, running_in_container
 from llamaswap_docker.runtime.spec import ContainerSpec
 
-__all__ = ["Routing", "ContainerRef", "ContainerState", "Containers", "resolve_routing"]
+__all__ = [
+    "Routing",
+    "ContainerRef",
+    "ContainerState",
+    "Containers",
+    "own_container_id",
+    "resolve_routing",
+]
 
 Routing = Literal["host", "network"]
 
 
-def resolve_routing(setting: str) -> Routing:
-    """``auto`` → ``network`` inside a container, ``host`` otherwise."""
+def own_container_id(engine: Engine) -> str | None:
+    """The id of the container this process runs in, if the engine we drive runs it.
+
+    Being in *a* container is not enough (a CI sandbox may be one): only a container the
+    engine knows — a sibling of the model containers — can reach them by name.
+    """
+    if not running_in_container():
+        return None
+    try:
+        attrs = engine.client.api.inspect_container(socket.gethostname())
+    except docker.errors.DockerException:
+        return None
+    return attrs.get("Id")
+
+
+def resolve_routing(setting: str, engine: Engine) -> Routing:
+    """``auto`` → ``network`` when the proxy runs in a container on this engine, else ``host``."""
     if setting == "auto":
-        return "network" if running_in_container() else "host"
+        return "network" if own_container_id(engine) else "host"
     if setting not in ("host", "network"):
         raise ValueError(f"routing must be auto, host or network, not {setting!r}")
     return setting  # type: ignore[return-value]

@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ContainerSpec", "parse_size"]
+if TYPE_CHECKING:
+    from llamaswap_docker.config import ModelConfig
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: str | int | None) -> int | None:
-    """``"16g"`` → bytes, as Docker's ``--shm-size``/``--memory`` read it."""
-    if value is None or isinstance(value, int):
-        return value
-    match = _SIZE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (use e.g. 512m, 16g)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
+__all__ = ["ContainerSpec"]
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -53,6 +41,32 @@ class ContainerSpec:
     # Each entry: {"Driver", "Count", "DeviceIDs", "Capabilities"} as the engine takes them.
     device_requests: tuple[tuple[tuple[str, Any], ...], ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_model(cls, model_id: str, model: "ModelConfig") -> "ContainerSpec":
+        """Resolve a model's config (macros already expanded) into a container spec."""
+        options = model.docker
+        return cls(
+            model_id=model_id,
+            image=model.image,
+            command=tuple(model.cmd),
+            port=model.port,
+            env=tuple(sorted(model.env.items())),
+            volumes=tuple(model.volumes),
+            entrypoint=tuple(options.entrypoint) if options.entrypoint is not None else None,
+            user=options.user,
+            shm_size=options.shm_size,
+            ipc_mode=options.ipc,
+            mem_limit=options.memory,
+            nano_cpus=int(options.cpus * 1e9) if options.cpus else None,
+            devices=tuple(options.devices),
+            group_add=tuple(options.group_add),
+            runtime=options.runtime,
+            privileged=options.privileged,
+            cap_add=tuple(options.cap_add),
+            extra_hosts=tuple(sorted(options.extra_hosts.items())),
+            labels=tuple(sorted(options.labels.items())),
+        )
 
     @property
     def spec_hash(self) -> str:

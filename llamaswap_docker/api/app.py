@@ -1,0 +1,87 @@
+"""The ASGI app: factory, lifespan (engine, manager, upstream client) and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from llamaswap_docker import __version__
+from llamaswap_docker.api import admin, inference
+from llamaswap_docker.api.errors import dialect_for_path, error_response, llamaswap_error_response
+from llamaswap_docker.api.state import AppState
+from llamaswap_docker.config import Config
+from llamaswap_docker.errors import LlamaswapError
+from llamaswap_docker.lifecycle import ModelManager
+from llamaswap_docker.proxy import new_upstream_client
+from llamaswap_docker.runtime import Containers, Engine, resolve_routing
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Config, engine: Engine) -> FastAPI:
+    """Build the proxy app for ``config`` on a connected ``engine``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        routing = await asyncio.to_thread(resolve_routing, config.docker.routing, engine)
+        containers = Containers(engine, config.docker.instance, config.docker.network, routing)
+        http = new_upstream_client()
+        manager = ModelManager(config, containers, http)
+        app.state.llamaswap = AppState(config=config, engine=engine, manager=manager, http=http)
+        logger.bind(instance=config.docker.instance, network=config.docker.network,
+                    routing=routing).info("proxy starting")
+        await manager.startup()
+        try:
+            yield
+        finally:
+            logger.info("proxy shutting down")
+            await manager.shutdown(keep_containers=config.docker.on_shutdown == "keep")
+            await http.aclose()
+
+    app = FastAPI(
+        title="llamaswap-docker",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.include_router(admin.router)
+    app.include_router(inference.router)
+
+    @app.exception_handler(LlamaswapError)
+    async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:
+        logger.bind(path=request.url.path, status=exc.status_code).warning(
+            "request failed: {}", exc.message.splitlines()[0]
+        )
+        return llamaswap_error_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        message = f"invalid request: {first.get('msg')} at {'.'.join(map(str, first.get('loc', ())))}"
+        return error_response(dialect_for_path(request.url.path), 400, message, "invalid_request")
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(dialect_for_path(request.url.path), exc.status_code, message, code,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the log, never to the client.
+        logger.opt(exception=exc).error("unexpected error on {}", request.url.path)
+        return error_response(dialect_for_path(request.url.path), 500,
+                              "internal error in llamaswap-docker; see the proxy log", "internal_error")
+
+    return app
+
+

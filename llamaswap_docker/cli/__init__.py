@@ -1,0 +1,5 @@
+"""Typer CLI: ``llamaswap-docker serve | config check | version``."""
+
+from llamaswap_docker.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,107 @@
+"""From an HTTP request to the model it names, and the body to forward.
+
+The model comes from the JSON body's ``model``, a multipart form field ``model`` (audio and
+image uploads), or ``?model=``. The body is read once and forwarded as the same bytes unless
+the model's config must change it (``useModelName``, ``filters``).
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+from dataclasses import dataclass
+from typing import Any
+
+from llamaswap_docker.config import ModelConfig
+from llamaswap_docker.errors import RequestError
+
+__all__ = ["ModelRequest", "parse_model_request", "rewrite_body", "multipart_field"]
+
+
+@dataclass
+class ModelRequest:
+    """A request's model name and body, as the client sent them."""
+
+    model_name: str
+    body: bytes
+    #: The parsed JSON body, when it was JSON (None for multipart and others).
+    payload: dict[str, Any] | None
+
+
+def multipart_field(body: bytes, content_type: str, name: str) -> str | None:
+    """The value of a small text field in a multipart/form-data body, or None."""
+    boundary = None
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip('"')
+    if not boundary:
+        return None
+    delimiter = b"--" + boundary.encode()
+    wanted = f'name="{name}"'.encode()
+    for section in body.split(delimiter):
+        head, sep, value = section.partition(b"\r\n\r\n")
+        if sep and wanted in head and b"filename=" not in head:
+            return value.removesuffix(b"\r\n").decode("utf-8", "replace").strip()
+    return None
+
+
+def _looks_like_json(media_type: str, body: bytes) -> bool:
+    if media_type in ("application/json", "") or media_type.endswith("+json"):
+        return True
+    return body.lstrip()[:1] in (b"{", b"[")
+
+
+def parse_model_request(body: bytes, content_type: str, query_model: str | None) -> ModelRequest:
+    """Find the model a request names.
+
+    Raises:
+        RequestError: malformed JSON, or no model named anywhere.
+    """
+    media_type = content_type.split(";")[0].strip().lower()
+    payload: dict[str, Any] | None = None
+    model: Any = None
+    if media_type == "multipart/form-data":
+        model = multipart_field(body, content_type, "model")
+    elif body and _looks_like_json(media_type, body):
+        # Parsed whatever the content type says: `curl -d` sends JSON as a form.
+        try:
+            parsed = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise RequestError("request body must be a JSON object")
+        payload = parsed
+        model = parsed.get("model")
+    elif body and media_type == "application/x-www-form-urlencoded":
+        values = parse_qs(body.decode("utf-8", "replace")).get("model")
+        model = values[0] if values else None
+    if model is None or model == "":
+        model = query_model
+    if not isinstance(model, str) or not model:
+        raise RequestError(
+            "the request names no model: set \"model\" in the JSON body "
+            "(or the 'model' form field, or ?model=); GET /v1/models lists them"
+        )
+    return ModelRequest(model, body, payload)
+
+
+def rewrite_body(request: ModelRequest, model: ModelConfig) -> bytes:
+    """The body to forward: the original bytes unless ``useModelName`` or filters change it."""
+    payload = request.payload
+    if payload is None:
+        return request.body
+    changes: dict[str, Any] = {}
+    if model.use_model_name and payload.get("model") != model.use_model_name:
+        changes["model"] = model.use_model_name
+    strip = [name for name in model.filters.stripped_params if name in payload]
+    set_params = {
+        key: value for key, value in model.filters.effective_set_params.items()
+        if payload.get(key, object()) != value
+    }
+    if not changes and not strip and not set_params:
+        return request.body
+    rewritten = {key: value for key, value in payload.items() if key not in strip}
+    rewritten.update(set_params)
+    rewritten.update(changes)
+    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
