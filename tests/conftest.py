@@ -175,3 +175,104 @@ def test_containers(docker_client: docker.DockerClient, images: dict[str, str]) 
 @pytest.fixture
 def run_label() -> Callable[[], dict[str, str]]:
     return lambda: {TEST_RUN_LABEL: RUN_ID}
+
+
+# -- the proxy under test -----------------------------------------------------------------------
+
+
+def proxy_config_yaml(models: dict[str, Any], instance: str, **top: Any) -> str:
+    """A config for a test proxy: its own instance and network, host routing, no pulls."""
+    import yaml
+
+    docker_block = {"instance": instance, "network": f"{instance}-net", "routing": "host",
+                    "pullPolicy": "never", "stopTimeout": 2, **top.pop("docker", {})}
+    document = {"healthCheckTimeout": 30, **top, "docker": docker_block, "models": models}
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+class ProxyHandle:
+    """A real proxy (uvicorn on a real socket) running in a thread of the test process."""
+
+    def __init__(self, config_text: str, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        from llamaswap_docker.api import create_app
+        from llamaswap_docker.config import load_config_text
+        from llamaswap_docker.runtime import Engine
+
+        self.config = load_config_text(config_text, source="test-config.yaml")
+        self.engine = Engine.from_settings()
+        self.app = create_app(self.config, self.engine)
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+            lifespan="on", timeout_graceful_shutdown=5,
+        ))
+        self.thread = threading.Thread(target=self.server.run, name="test-proxy", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("the test proxy did not start")
+            time.sleep(0.02)
+
+    @property
+    def manager(self) -> Any:
+        return self.app.state.llamaswap.manager
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        self.engine.close()
+
+
+@pytest.fixture
+def instance_name(request: pytest.FixtureRequest) -> str:
+    """A per-test ownership instance (under this run's prefix, so the reaper finds it)."""
+    return f"{RUN_INSTANCE}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def start_proxy(
+    docker_client: docker.DockerClient, images: dict[str, str], instance_name: str
+) -> Iterator[Callable[..., ProxyHandle]]:
+    """Start a proxy on a config: ``start_proxy(models, **top_level_keys)``."""
+    from llamaswap_docker.logs import configure_logging
+
+    configure_logging("debug")
+    handles: list[ProxyHandle] = []
+
+    def start(models: dict[str, Any], **top: Any) -> ProxyHandle:
+        handle = ProxyHandle(proxy_config_yaml(models, instance_name, **top), unused_tcp_port())
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
+
+
+def fake_model(*args: str, port: int = 8080, **extra: Any) -> dict[str, Any]:
+    """A model entry running the fake upstream with ``args``."""
+    return {"image": FAKE_UPSTREAM_IMAGE, "port": port, "cmd": ["--port", str(port), *args], **extra}
+
+
+def llama_model(model_dir: Path, *args: str, **extra: Any) -> dict[str, Any]:
+    """A model entry running the real llama-server on the tiny GGUF."""
+    return {
+        "image": LLAMA_SERVER_IMAGE,
+        "cmd": ["-m", "/models/tiny.gguf", "-c", "512", *args],
+        "volumes": [f"{model_dir}:/models:ro"],
+        **extra,
+    }
+
+
+def model_containers(client: docker.DockerClient, instance: str, model_id: str | None = None,
+                     all: bool = True) -> list[Any]:
+    """Containers the engine lists for an instance (and model)."""
+    labels = [f"io.llamaswap.instance={instance}"]
+    if model_id:
+        labels.append(f"io.llamaswap.model={model_id}")
+    return client.containers.list(all=all, filters={"label": labels})
