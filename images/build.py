@@ -187,7 +187,7 @@ def ensure_images(
         spec = BUILDS[name]
         if image_exists(client, spec.tag) and not force:
             continue
-        if source == "local" and (force or not image_exists(client, spec.local_base)):
+        if source == "local" and not image_exists(client, spec.local_base):
             build_rootfs(client, ROOTFS[spec.local_base])
             built.append(spec.local_base)
         build_dockerfile(client, spec, source)
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=("local", "registry"),
                         default=os.environ.get("LLAMASWAP_IMAGE_SOURCE", "local"))
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild the images even if present (bases are kept)")
     parser.add_argument("--only", nargs="*", choices=sorted(BUILDS), default=list(DEFAULT_IMAGES))
     args = parser.parse_args(argv)
     try:

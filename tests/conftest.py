@@ -49,17 +49,23 @@ def _load_image_builder() -> Any:
     return module
 
 
-def _is_ours(labels: dict[str, str]) -> bool:
-    return labels.get(TEST_RUN_LABEL) == RUN_ID or labels.get("io.llamaswap.instance", "").startswith(
-        RUN_INSTANCE
-    )
+def _is_ours(labels: dict[str, str], prefix: str = RUN_INSTANCE) -> bool:
+    if prefix == RUN_INSTANCE and labels.get(TEST_RUN_LABEL) == RUN_ID:
+        return True
+    if prefix != RUN_INSTANCE and TEST_RUN_LABEL in labels:
+        return True
+    return labels.get("io.llamaswap.instance", "").startswith(prefix)
 
 
-def reap(client: docker.DockerClient) -> list[str]:
-    """Remove every container, network and volume this run made; return their names."""
+def reap(client: docker.DockerClient, prefix: str = RUN_INSTANCE) -> list[str]:
+    """Remove every container, network and volume this run made; return their names.
+
+    With ``prefix="pytest-"`` it removes what any earlier (crashed) test run left behind.
+    """
+    _is_ours_here = lambda labels: _is_ours(labels, prefix)  # noqa: E731
     removed: list[str] = []
     for container in client.containers.list(all=True):
-        if _is_ours(container.labels):
+        if _is_ours_here(container.labels):
             try:
                 container.remove(force=True, v=True)
                 removed.append(container.name)
@@ -67,14 +73,14 @@ def reap(client: docker.DockerClient) -> list[str]:
                 pass
     for network in client.networks.list():
         network.reload()
-        if _is_ours(network.attrs.get("Labels") or {}):
+        if _is_ours_here(network.attrs.get("Labels") or {}):
             try:
                 network.remove()
                 removed.append(network.name)
             except docker.errors.APIError:
                 pass
     for volume in client.volumes.list():
-        if _is_ours(volume.attrs.get("Labels") or {}):
+        if _is_ours_here(volume.attrs.get("Labels") or {}):
             try:
                 volume.remove(force=True)
                 removed.append(volume.name)
@@ -90,6 +96,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
         pytest.fail(_NO_ENGINE.format(error=exc), pytrace=False)
+    reap(client, prefix="pytest-")  # leftovers of an earlier run that was killed
     yield client
     reap(client)
     client.close()
@@ -184,7 +191,8 @@ def proxy_config_yaml(models: dict[str, Any], instance: str, **top: Any) -> str:
     """A config for a test proxy: its own instance and network, host routing, no pulls."""
     import yaml
 
-    docker_block = {"instance": instance, "network": f"{instance}-net", "routing": "host",
+    # One network for the whole run: the engine has address pools for only ~30 bridges.
+    docker_block = {"instance": instance, "network": f"{RUN_INSTANCE}-net", "routing": "host",
                     "pullPolicy": "never", "stopTimeout": 2, **top.pop("docker", {})}
     document = {"healthCheckTimeout": 30, **top, "docker": docker_block, "models": models}
     return yaml.safe_dump(document, sort_keys=False)

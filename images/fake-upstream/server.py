@@ -989,6 +989,8 @@ class Handler(BaseHTTPRequestHandler):
         return self._send_result({
             "path": path, "model": self._model, "content_type": ctype,
             "body_bytes": nbytes, "query": urlsplit(self.path).query,
+            # Which JSON fields arrived, so tests can see what the proxy added or stripped.
+            "json_keys": sorted(body) if isinstance(body, dict) else [],
         })
 
 

@@ -39,6 +39,8 @@ __all__ = ["Lease", "ModelManager"]
 
 #: How often idle models are checked against their TTL.
 TTL_CHECK_INTERVAL_S = 0.5
+#: Inspections (0.1 s apart) after a failed upstream call before calling the container alive.
+UPSTREAM_FAILURE_RECHECKS = 5
 #: Log lines of a failed container quoted in its error.
 LOG_TAIL_LINES = 15
 
@@ -231,8 +233,13 @@ class ModelManager:
             A reason ("container … exited with code 137 (OOM-killed) …") when the container is
             no longer running (the model is marked failed), None when it still runs.
         """
-        state = await asyncio.to_thread(self.containers.state, lease.container.id)
-        if state is not None and state.running:
+        # A dying container may still be listed as running for a moment: look twice.
+        for _ in range(UPSTREAM_FAILURE_RECHECKS):
+            state = await asyncio.to_thread(self.containers.state, lease.container.id)
+            if state is None or not state.running:
+                break
+            await asyncio.sleep(0.1)
+        else:
             return None
         reason = await self._death_reason(lease.container, state)
         await self.container_died(lease.container.id, reason)

@@ -1,0 +1,256 @@
+"""The proxy as clients see it, with the real OpenAI and Anthropic SDKs, on the real engine."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.conftest import fake_model, llama_model
+
+
+@pytest.fixture
+def fake_proxy(start_proxy):
+    return start_proxy(
+        {
+            "fake": fake_model("--model-name", "fake", aliases=["fake-alias"]),
+            "renamed": fake_model(useModelName="served-name"),
+            "filtered": fake_model(filters={"stripParams": "temperature", "setParams": {"top_k": 7}}),
+            "hidden": fake_model(unlisted=True),
+        },
+        groups={"all": {"swap": False, "exclusive": False, "members": ["fake", "renamed", "filtered", "hidden"]}},
+    )
+
+
+@pytest.fixture
+def llama_proxy(start_proxy, tiny_model_dir):
+    return start_proxy({"tiny": llama_model(tiny_model_dir)})
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("target", ["fake", "llama"])
+def test_openai_sdk_chat_and_completions_stream_and_not(target, fake_proxy_or_llama) -> None:
+    url, model = fake_proxy_or_llama(target)
+    client = openai_client(url)
+
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4)
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens > 0
+
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
+    assert len(chunks) >= 3
+
+    completion = client.completions.create(model=model, prompt="hello", max_tokens=4)
+    assert completion.choices[0].text
+
+    streamed = list(client.completions.create(model=model, prompt="hello", max_tokens=4, stream=True))
+    assert len(streamed) >= 2
+
+
+@pytest.fixture
+def fake_proxy_or_llama(start_proxy, tiny_model_dir):
+    def pick(target: str) -> tuple[str, str]:
+        if target == "fake":
+            return start_proxy({"fake": fake_model("--model-name", "fake")}).url, "fake"
+        return start_proxy({"tiny": llama_model(tiny_model_dir)}).url, "tiny"
+    return pick
+
+
+@pytest.mark.parametrize("target", ["fake", "llama"])
+def test_openai_sdk_embeddings(target, start_proxy, tiny_model_dir) -> None:
+    # llama-server serves embeddings only when started with --embeddings (then only those).
+    model = fake_model() if target == "fake" else llama_model(tiny_model_dir, "--embeddings", "--pooling", "mean")
+    proxy = start_proxy({"embed": model})
+    embedding = openai_client(proxy.url).embeddings.create(model="embed", input=["one", "two"])
+    assert len(embedding.data) == 2 and len(embedding.data[0].embedding) > 0
+
+
+def test_anthropic_sdk_messages_and_stream(fake_proxy) -> None:
+    client = anthropic.Anthropic(base_url=fake_proxy.url, api_key="unused", max_retries=0)
+    message = client.messages.create(model="fake", max_tokens=5,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text
+    assert message.usage.output_tokens > 0
+
+    with client.messages.stream(model="fake", max_tokens=5,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.stop_reason in ("max_tokens", "end_turn")
+
+    count = client.messages.count_tokens(model="fake", messages=[{"role": "user", "content": "a b c"}])
+    assert count.input_tokens > 0
+
+
+def test_real_llama_server_native_completion_endpoint(llama_proxy) -> None:
+    response = httpx.post(f"{llama_proxy.url}/completion",
+                          json={"model": "tiny", "prompt": "hello", "n_predict": 4}, timeout=60)
+    assert response.status_code == 200
+    assert response.json()["tokens_predicted"] > 0
+
+
+def test_alias_resolves_and_use_model_name_rewrites_model(fake_proxy) -> None:
+    client = openai_client(fake_proxy.url)
+    via_alias = client.chat.completions.with_raw_response.create(
+        model="fake-alias", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert via_alias.headers["x-fake-model"] == "fake-alias"
+
+    renamed = client.chat.completions.with_raw_response.create(
+        model="renamed", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert renamed.headers["x-fake-model"] == "served-name"
+    assert renamed.parse().model == "served-name"
+
+
+def test_filters_strip_and_set_params(fake_proxy) -> None:
+    response = httpx.post(f"{fake_proxy.url}/v1/rerank", timeout=30, json={
+        "model": "filtered", "query": "q", "documents": ["a"], "temperature": 0.3})
+    assert response.status_code == 200
+    forwarded = response.json()["json_keys"]
+    assert "temperature" not in forwarded
+    assert "top_k" in forwarded and "query" in forwarded
+
+
+def test_models_list_is_sorted_hides_unlisted_and_shows_aliases_when_asked(start_proxy) -> None:
+    proxy = start_proxy(
+        {"zeta": fake_model(aliases=["z"]), "alpha": fake_model(), "secret": fake_model(unlisted=True)},
+        includeAliasesInList=True,
+    )
+    for path in ("/v1/models", "/models"):
+        listed = httpx.get(f"{proxy.url}{path}").json()
+        assert [m["id"] for m in listed["data"]] == ["alpha", "z", "zeta"]
+        assert listed["object"] == "list"
+
+
+def test_multipart_upload_names_model_in_form_field(fake_proxy) -> None:
+    audio = b"RIFF" + bytes(200_000)
+    response = httpx.post(
+        f"{fake_proxy.url}/v1/audio/transcriptions",
+        data={"model": "fake-alias", "language": "en"},
+        files={"file": ("a.wav", audio, "audio/wav")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    echoed = response.json()
+    assert echoed["model"] == "fake-alias"
+    assert echoed["content_type"].startswith("multipart/form-data")
+    assert echoed["body_bytes"] > len(audio)
+
+
+def test_upstream_path_loads_the_model_and_passes_through(fake_proxy) -> None:
+    response = httpx.get(f"{fake_proxy.url}/upstream/fake/v1/models", timeout=60)
+    assert response.status_code == 200
+    assert response.json()["data"][0]["id"] == "fake"
+    running = httpx.get(f"{fake_proxy.url}/running").json()["running"]
+    assert any(entry["model"] == "fake" and entry["state"] == "ready" for entry in running)
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream_request(start_proxy) -> None:
+    proxy = start_proxy({"slow": fake_model("--tokens", "200", "--token-rate", "20")})
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True,
+            "max_tokens": 200}
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        received = [next(lines) for _ in range(4)]
+    assert any(line.startswith("data: ") for line in received)
+
+    stats: dict = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{proxy.url}/upstream/slow/debug/stats", timeout=10).json()
+        if stats["cancelled_streams"] >= 1:
+            break
+        time.sleep(0.05)
+    assert stats["cancelled_streams"] == 1, stats
+    assert stats["in_flight"] <= 1  # only the stats request itself
+
+
+def test_loading_state_streams_reasoning_deltas_during_cold_start(start_proxy) -> None:
+    proxy = start_proxy({"fake": fake_model("--load-delay", "2", sendLoadingState=True)})
+    client = openai_client(proxy.url)
+    reasoning, content = [], []
+    for chunk in client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+    ):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        extra = getattr(delta, "model_extra", None) or {}
+        if extra.get("reasoning_content"):
+            assert not content, "loading feedback must come before the answer"
+            reasoning.append(extra["reasoning_content"])
+        if delta.content:
+            content.append(delta.content)
+    assert len(reasoning) >= 2, reasoning
+    assert "fake" in reasoning[0]
+    assert content
+
+
+def test_large_request_body_passes_through(fake_proxy) -> None:
+    big = "x" * (50 * 1024 * 1024)
+    payload = json.dumps({"model": "fake", "query": big, "documents": ["a"]}).encode()
+    response = httpx.post(f"{fake_proxy.url}/v1/rerank", content=payload,
+                          headers={"content-type": "application/json"}, timeout=120)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["body_bytes"] == len(payload)
+
+
+# -- errors in the caller's dialect ---------------------------------------------------------------
+
+
+def test_unknown_model_returns_404_in_openai_shape(fake_proxy) -> None:
+    client = openai_client(fake_proxy.url)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    error = caught.value.body
+    assert error["code"] == "model_not_found"
+    assert "/v1/models" in error["message"]
+
+
+def test_unknown_model_returns_404_in_anthropic_shape(fake_proxy) -> None:
+    client = anthropic.Anthropic(base_url=fake_proxy.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [(b"{not json", "not valid JSON"), (b'{"messages": []}', "names no model")],
+)
+def test_malformed_json_and_missing_model_return_400(fake_proxy, body, needle) -> None:
+    response = httpx.post(f"{fake_proxy.url}/v1/chat/completions", content=body,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert needle in response.json()["error"]["message"]
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_container_gone_after_start_returns_502_with_reason(start_proxy) -> None:
+    proxy = start_proxy({"flaky": fake_model("--exit-after", "1", "--exit-code", "9")})
+    assert httpx.post(f"{proxy.url}/v1/completions", json={"model": "flaky", "prompt": "x"},
+                      timeout=30).status_code == 200
+    time.sleep(0.5)  # the fake exits after its first answer
+    response = httpx.post(f"{proxy.url}/v1/completions", json={"model": "flaky", "prompt": "x"},
+                          timeout=30)
+    assert response.status_code == 502
+    assert "exited with code 9" in response.json()["error"]["message"]
+    # The next request starts a fresh container.
+    assert httpx.post(f"{proxy.url}/v1/completions", json={"model": "flaky", "prompt": "x"},
+                      timeout=30).status_code == 200
+
+
+def test_unknown_route_is_404_in_openai_shape(fake_proxy) -> None:
+    response = httpx.get(f"{fake_proxy.url}/v1/nothing-here")
+    assert response.status_code == 404
+    assert "error" in response.json()
