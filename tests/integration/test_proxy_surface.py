@@ -254,3 +254,34 @@ def test_unknown_route_is_404_in_openai_shape(fake_proxy) -> None:
     response = httpx.get(f"{fake_proxy.url}/v1/nothing-here")
     assert response.status_code == 404
     assert "error" in response.json()
+
+
+def test_hop_by_hop_headers_are_dropped_and_host_rewritten(fake_proxy) -> None:
+    httpx.post(
+        f"{fake_proxy.url}/v1/completions",
+        json={"model": "fake", "prompt": "x", "max_tokens": 1},
+        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "trailers",
+                 "X-End-To-End": "kept"},
+        timeout=30,
+    ).raise_for_status()
+    seen = httpx.get(f"{fake_proxy.url}/upstream/fake/debug/stats", timeout=10).json()
+    # last_headers is the completion's: /debug/stats is not an inference request.
+    headers = seen["last_headers"]
+    assert headers["x-end-to-end"] == "kept"
+    assert "x-secret-hop" not in headers and "te" not in headers
+    assert headers["host"].startswith("127.0.0.1:") and headers["host"] != fake_proxy.url[7:]
+
+
+def test_client_leaving_while_model_loads_is_dropped_from_the_queue(start_proxy) -> None:
+    proxy = start_proxy({"slow": fake_model("--load-delay", "3")})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.url}/v1/completions", json={"model": "slow", "prompt": "x"}, timeout=0.5)
+    deadline = time.monotonic() + 2
+    waiting = None
+    while time.monotonic() < deadline:
+        [entry] = httpx.get(f"{proxy.url}/running?all=true").json()["running"]
+        waiting = entry["waiting"]
+        if waiting == 0:
+            break
+        time.sleep(0.05)
+    assert waiting == 0
