@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -277,3 +278,20 @@ class Containers:
             if binding.get("HostPort"):
                 return f"http://127.0.0.1:{binding['HostPort']}"
         return None
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def follow_logs(self, container_id: str, tail: int) -> Iterator[bytes]:
+        """Follow the container's output (stdout and stderr): ``tail`` earlier lines, then new.
+
+        Blocking: iterate it in a worker thread. It ends when the container stops; its
+        ``close()`` (callable from any thread) ends it early and unblocks the reader.
+
+        Raises:
+            EngineError: the container is gone, or the engine refused.
+        """
+        return self.engine.run_sync(
+            f"following logs of {container_id[:12]}",
+            self.engine.client.api.logs,
+            container_id, stream=True, follow=True, tail=tail,
+        )
