@@ -51,7 +51,41 @@ class ProxyServer(uvicorn.Server):
 
     uvicorn re-raises the captured signal after its shutdown, which makes the process die
     with -15; a service manager (and ``docker stop``) should see a clean exit instead.
+    SIGHUP, or a change of the config file when watching, reloads the config.
     """
+
+    def __init__(self, config: uvicorn.Config, config_path: Path | None = None,
+                 watch_config: bool = False) -> None:
+        super().__init__(config)
+        self.config_path = config_path
+        self.watch_config = watch_config and config_path is not None
+        self.reload_requested = False
+        self._config_mtime = _mtime(config_path)
+        self._reload_task: asyncio.Task[None] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        # Every 0.1 s; look at the file once a second.
+        if self.watch_config and counter % 10 == 0:
+            mtime = _mtime(self.config_path)
+            if mtime != self._config_mtime:
+                self._config_mtime = mtime
+                self.reload_requested = True
+        if self.reload_requested and (self._reload_task is None or self._reload_task.done()):
+            self.reload_requested = False
+            self._reload_task = asyncio.create_task(self._reload())
+        return await super().on_tick(counter)
+
+    async def _reload(self) -> None:
+        state = getattr(self.config.app.state, "llamaswap", None)
+        if state is None or self.config_path is None:
+            logger.warning("config reload requested, but the demo config has no file to reload")
+            return
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except LlamaswapError as exc:
+            logger.error("config reload failed, keeping the running config: {}", exc.message)
+            return
+        await state.manager.apply_config(config)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -60,11 +94,15 @@ class ProxyServer(uvicorn.Server):
             return
         handled = (signal.SIGINT, signal.SIGTERM)
         original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        original[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle_hangup)
         try:
             yield
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    def _handle_hangup(self, sig: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -73,6 +111,13 @@ class ProxyServer(uvicorn.Server):
         state = getattr(self.config.app.state, "llamaswap", None)
         if state is not None:
             asyncio.get_event_loop().call_soon_threadsafe(state.manager.reject_waiters)
+
+
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:
+        return None
 
 
 def run_server(settings: Settings) -> int:
@@ -95,7 +140,7 @@ def run_server(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = ProxyServer(uv_config)
+    server = ProxyServer(uv_config, settings.config, settings.watch_config)
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(sorted(config.models))
     logger.bind(url=url, config=source, models=models).info("llamaswap-docker listening")

@@ -284,3 +284,70 @@ def model_containers(client: docker.DockerClient, instance: str, model_id: str |
     if model_id:
         labels.append(f"io.llamaswap.model={model_id}")
     return client.containers.list(all=all, filters={"label": labels})
+
+
+class ProxyProcess:
+    """``llamaswap-docker serve`` as a real process, for restart, kill and signal tests."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        import subprocess
+
+        self.config_path = config_path
+        self.log_path = log_path
+        self.port = unused_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(config_path),
+             "-l", f"127.0.0.1:{self.port}", "--log-level", "debug"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"proxy did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def ensure_stopped(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if not self._log.closed:
+            self._log.close()
+
+
+@pytest.fixture
+def proxy_processes(
+    docker_client: docker.DockerClient, images: dict[str, str], instance_name: str, tmp_path: Path
+) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start ``serve`` processes: ``start(models, **top)`` writes the config and starts one."""
+    started: list[ProxyProcess] = []
+    config_path = tmp_path / "config.yaml"
+
+    def start(models: dict[str, Any] | None = None, **top: Any) -> ProxyProcess:
+        if models is not None:
+            config_path.write_text(proxy_config_yaml(models, instance_name, **top))
+        handle = ProxyProcess(config_path, tmp_path / "proxy.log")
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.ensure_stopped()

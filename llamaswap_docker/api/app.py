@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from llamaswap_docker import __version__
-from llamaswap_docker.api import admin, inference
+from llamaswap_docker.api import admin, inference, logs
+from llamaswap_docker.api.auth import ApiKeyMiddleware
 from llamaswap_docker.api.errors import dialect_for_path, error_response, llamaswap_error_response
 from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
@@ -34,7 +35,7 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
         containers = Containers(engine, config.docker.instance, config.docker.network, routing)
         http = new_upstream_client()
         manager = ModelManager(config, containers, http)
-        app.state.llamaswap = AppState(config=config, engine=engine, manager=manager, http=http)
+        app.state.llamaswap = AppState(engine=engine, manager=manager, http=http)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
         await manager.startup()
@@ -54,6 +55,8 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
     )
     app.include_router(admin.router)
     app.include_router(inference.router)
+    app.include_router(logs.router)
+    app.add_middleware(ApiKeyMiddleware, config=config)
 
     @app.exception_handler(LlamaswapError)
     async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:

@@ -17,13 +17,17 @@ __all__ = ["AppState", "app_state"]
 
 @dataclass
 class AppState:
-    """The running proxy: config, engine, model manager and the upstream client."""
+    """The running proxy: engine, model manager (which holds the config) and upstream client."""
 
-    config: Config
     engine: Engine
     manager: ModelManager
     http: httpx.AsyncClient
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload swaps it in the manager)."""
+        return self.manager.config
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from loguru import logger
@@ -34,6 +35,7 @@ from llamaswap_docker.lifecycle.health import HealthOutcome, wait_until_healthy
 from llamaswap_docker.lifecycle.model import ModelRuntime, ModelState, ModelStatus
 from llamaswap_docker.lifecycle.scheduler import models_to_evict
 from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec, ContainerState, ensure_image
+from llamaswap_docker.runtime.events import ContainerEvent, EventWatcher
 
 __all__ = ["Lease", "ModelManager"]
 
@@ -104,6 +106,10 @@ class ModelManager:
         self._wake = asyncio.Event()
         self._released = asyncio.Event()
         self._tasks = _Tasks()
+        #: Why a container died, kept for requests that were in flight on it.
+        self._death_reasons: dict[str, str] = {}
+        self._events: EventWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.should_exit = False
 
@@ -124,7 +130,14 @@ class ModelManager:
 
     async def startup(self) -> None:
         """Prepare the network, adopt or reap our leftover containers, start the pump."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.containers.ensure_network)
+        self._events = EventWatcher(
+            self.containers.engine, self.containers.instance,
+            on_event=lambda event: self._from_thread(self._on_event(event)),
+            on_reconnect=lambda: self._from_thread(self._resync()),
+        )
+        self._events.start()
         await self._reconcile()
         self._tasks.pump = asyncio.create_task(self._pump(), name="llamaswap-pump")
         self._tasks.ttl = asyncio.create_task(self._ttl_loop(), name="llamaswap-ttl")
@@ -144,6 +157,8 @@ class ModelManager:
     async def shutdown(self, keep_containers: bool = False) -> None:
         """Stop the pump, fail queued requests, and stop and remove every owned container."""
         self.should_exit = True
+        if self._events is not None:
+            await asyncio.to_thread(self._events.stop)
         for task in (self._tasks.pump, self._tasks.ttl, self._tasks.busy, *self._tasks.background):
             if task is not None and not task.done():
                 task.cancel()
@@ -233,6 +248,8 @@ class ModelManager:
             A reason ("container … exited with code 137 (OOM-killed) …") when the container is
             no longer running (the model is marked failed), None when it still runs.
         """
+        if lease.container.id in self._death_reasons:
+            return self._death_reasons[lease.container.id]
         # A dying container may still be listed as running for a moment: look twice.
         for _ in range(UPSTREAM_FAILURE_RECHECKS):
             state = await asyncio.to_thread(self.containers.state, lease.container.id)
@@ -255,6 +272,7 @@ class ModelManager:
                     "container died: {}", reason
                 )
                 ref = runtime.container
+                self._death_reasons[container_id] = reason
                 runtime.state, runtime.container = ModelState.FAILED, None
                 runtime.failure, runtime.draining = reason, False
                 self._spawn(self._stop_ref(ref, "container died"))
@@ -300,6 +318,74 @@ class ModelManager:
         if runtime.state is ModelState.READY:
             return f"{model_id} is ready"
         return f"queued for {model_id}…"
+
+    async def apply_config(self, config: Config) -> None:
+        """Switch to a reloaded config: stop removed models, restart changed ones when idle.
+
+        Models whose container spec is unchanged keep running untouched. A changed model's
+        container is drained (new requests wait) and stopped; its next request starts the
+        new spec.
+        """
+        old = self.config
+        if config.docker != old.docker:
+            logger.warning("config reload: the docker: block changed; restart the proxy to apply it")
+        changed = [
+            m for m in old.models
+            if m in config.models and ContainerSpec.from_model(m, old.models[m]).spec_hash
+            != ContainerSpec.from_model(m, config.models[m]).spec_hash
+        ]
+        removed = [m for m in old.models if m not in config.models]
+        added = [m for m in config.models if m not in old.models]
+        logger.bind(changed=",".join(changed) or "-", removed=",".join(removed) or "-",
+                    added=",".join(added) or "-").info("config reloaded")
+        for model_id in added:
+            self.models[model_id] = ModelRuntime(model_id)
+        self.config = config
+        if removed:
+            for waiter in [w for w in self._waiters if w.model_id in removed]:
+                if not waiter.future.done():
+                    waiter.future.set_exception(ModelNotFound(
+                        f"model {waiter.model_id!r} was removed from the config"))
+            await self._unload_now(removed, "removed from config")
+            for model_id in removed:
+                self.models.pop(model_id, None)
+        if changed:
+            await self._unload_now(changed, "config changed")
+
+    async def _unload_now(self, model_ids: list[str], reason: str) -> None:
+        operation = _Unload(tuple(model_ids), reason, asyncio.get_running_loop().create_future())
+        self._unloads.append(operation)
+        self._wake.set()
+        assert operation.future is not None
+        await operation.future
+
+    def _from_thread(self, coroutine: Any) -> None:
+        """Schedule a coroutine on the manager's loop from a worker thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coroutine.close()
+            return
+        loop.call_soon_threadsafe(self._spawn, coroutine)
+
+    async def _on_event(self, event: ContainerEvent) -> None:
+        if event.action != "die":
+            return
+        for runtime in self.models.values():
+            ref = runtime.container
+            if ref is not None and ref.id == event.container_id and runtime.state is ModelState.READY:
+                state = await asyncio.to_thread(self.containers.state, ref.id)
+                reason = await self._death_reason(ref, state)
+                await self.container_died(ref.id, reason)
+
+    async def _resync(self) -> None:
+        """After an event-stream gap: any container we think is up but is not, died."""
+        for runtime in list(self.models.values()):
+            ref = runtime.container
+            if ref is None or runtime.state is not ModelState.READY:
+                continue
+            state = await asyncio.to_thread(self.containers.state, ref.id)
+            if state is None or not state.running:
+                await self.container_died(ref.id, await self._death_reason(ref, state))
 
     # -- the pump ------------------------------------------------------------------------------
 
@@ -480,7 +566,8 @@ class ModelManager:
         runtime.ready_since = None
 
     async def _stop_ref(self, ref: ContainerRef, reason: str) -> None:
-        timeout = self.config.stop_timeout(ref.model_id) if ref.model_id in self.models else (
+        # A model removed by a config reload no longer has its own stopTimeout.
+        timeout = self.config.stop_timeout(ref.model_id) if ref.model_id in self.config.models else (
             self.config.docker.stop_timeout
         )
         started = time.monotonic()

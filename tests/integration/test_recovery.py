@@ -1,0 +1,248 @@
+"""Ownership and recovery on the real engine: adoption after a kill, reaping, verified stop,
+engine events, config reload, graceful shutdown — with real proxy processes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import docker
+import docker.errors
+import httpx
+
+from tests.conftest import RUN_ID, TEST_RUN_LABEL, fake_model, model_containers
+
+# Slow enough that a reload would be obvious next to an adoption.
+LOAD_DELAY = "3"
+
+
+def chat(url: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def ready_ids(url: str) -> dict[str, str]:
+    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
+    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
+
+
+def exists(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def pair(**extra_a) -> dict:
+    return {
+        "models": {
+            "a": fake_model("--load-delay", LOAD_DELAY, "--model-name", "a", **extra_a),
+            "b": fake_model("--load-delay", LOAD_DELAY, "--model-name", "b"),
+        },
+        "groups": {"both": {"swap": False, "exclusive": False, "members": ["a", "b"]}},
+    }
+
+
+def test_sigkilled_proxy_restart_adopts_both_models_and_serves_without_reload(
+    proxy_processes, docker_client, instance_name
+) -> None:
+    config = pair()
+    first = proxy_processes(config["models"], groups=config["groups"])
+    assert chat(first.url, "a").status_code == 200
+    assert chat(first.url, "b").status_code == 200
+    before = ready_ids(first.url)
+    assert set(before) == {"a", "b"}
+
+    first.signal(signal.SIGKILL)
+    first.wait()
+
+    second = proxy_processes()  # same config file
+    assert ready_ids(second.url) == before, "both containers must be adopted, not replaced"
+    started = time.monotonic()
+    response = chat(second.url, "a")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.headers["x-fake-hostname"] == before["a"][:12]
+    assert elapsed < float(LOAD_DELAY) / 2, f"first request took {elapsed:.2f}s: was it reloaded?"
+    assert len(model_containers(docker_client, instance_name)) == 2
+    assert "adopted running container" in second.log()
+
+    # Graceful shutdown: exit 0, every owned container stopped and removed.
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+    assert model_containers(docker_client, instance_name) == []
+
+
+def test_restart_replaces_changed_model_reaps_removed_one_and_leaves_foreign_containers(
+    proxy_processes, docker_client, instance_name, tmp_path
+) -> None:
+    config = pair()
+    first = proxy_processes(config["models"], groups=config["groups"])
+    assert chat(first.url, "a").status_code == 200
+    assert chat(first.url, "b").status_code == 200
+    old = ready_ids(first.url)
+    first.signal(signal.SIGKILL)
+    first.wait()
+
+    foreign = docker_client.containers.run(
+        "llamaswap/fake-upstream:local", detach=True,
+        labels={"io.llamaswap.managed": "true", "io.llamaswap.instance": f"{instance_name}-other",
+                "io.llamaswap.model": "a"},
+    )
+    unlabelled = docker_client.containers.run(
+        "llamaswap/fake-upstream:local", detach=True, labels={TEST_RUN_LABEL: RUN_ID},
+    )
+
+    # a changes (one more argument), b is gone from the config.
+    second = proxy_processes(
+        {"a": fake_model("--load-delay", LOAD_DELAY, "--model-name", "a", "--tokens", "3")}
+    )
+    assert not exists(docker_client, old["a"]), "changed model's old container must be replaced"
+    assert not exists(docker_client, old["b"]), "removed model's container must be reaped"
+    log = second.log()
+    assert "config changed (spec hash differs)" in log
+    assert "model no longer configured" in log
+    foreign.reload()
+    unlabelled.reload()
+    assert foreign.status == "running" and unlabelled.status == "running"
+
+    assert chat(second.url, "a").status_code == 200
+    assert ready_ids(second.url)["a"] != old["a"]
+
+
+def test_on_shutdown_keep_leaves_containers_for_the_next_start(
+    proxy_processes, docker_client, instance_name
+) -> None:
+    first = proxy_processes({"a": fake_model("--model-name", "a")}, docker={"onShutdown": "keep"})
+    assert chat(first.url, "a").status_code == 200
+    before = ready_ids(first.url)
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    [kept] = model_containers(docker_client, instance_name)
+    assert kept.id == before["a"] and kept.status == "running"
+
+    second = proxy_processes()
+    assert ready_ids(second.url) == before
+
+
+def test_sighup_reload_restarts_changed_stops_removed_and_keeps_untouched(
+    proxy_processes, docker_client, instance_name
+) -> None:
+    models = {
+        "a": fake_model("--model-name", "a"),
+        "b": fake_model("--model-name", "b"),
+        "c": fake_model("--model-name", "c"),
+    }
+    groups = {"all": {"swap": False, "exclusive": False, "members": ["a", "b", "c"]}}
+    proxy = proxy_processes(models, groups=groups)
+    for model in ("a", "b", "c"):
+        assert chat(proxy.url, model).status_code == 200
+    before = ready_ids(proxy.url)
+
+    from tests.conftest import proxy_config_yaml
+
+    models["a"] = fake_model("--model-name", "a", "--tokens", "2")  # changed
+    del models["b"]  # removed
+    models["d"] = fake_model("--model-name", "d")  # added
+    groups = {"all": {"swap": False, "exclusive": False, "members": ["a", "c", "d"]}}
+    proxy.config_path.write_text(proxy_config_yaml(models, instance_name, groups=groups))
+    proxy.signal(signal.SIGHUP)
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        exists(docker_client, before["a"]) or exists(docker_client, before["b"])
+    ):
+        time.sleep(0.1)
+    assert not exists(docker_client, before["a"]) and not exists(docker_client, before["b"]), proxy.log()[-3000:]
+    assert ready_ids(proxy.url) == {"c": before["c"]}, "untouched model must keep running"
+    assert chat(proxy.url, "b").status_code == 404
+    assert chat(proxy.url, "d").status_code == 200
+    assert chat(proxy.url, "a").status_code == 200
+
+
+def test_docker_kill_mid_stream_gives_a_clear_error_then_a_fresh_container(
+    start_proxy, docker_client
+) -> None:
+    proxy = start_proxy({"slow": fake_model("--tokens", "100", "--token-rate", "20")})
+    assert chat(proxy.url, "slow").status_code == 200
+    [old_id] = ready_ids(proxy.url).values()
+    lines: list[str] = []
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True,
+            "max_tokens": 100}
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=30) as stream:
+        for line in stream.iter_lines():
+            lines.append(line)
+            if len(lines) == 6:
+                threading.Thread(target=docker_client.containers.get(old_id).kill).start()
+    errors = [line for line in lines if '"error"' in line]
+    assert errors, f"the stream ended without an error event: {lines[-3:]}"
+    assert "slow" in errors[-1] and ("exited with code" in errors[-1] or "removed" in errors[-1])
+
+    response = chat(proxy.url, "slow")
+    assert response.status_code == 200
+    assert ready_ids(proxy.url)["slow"] != old_id
+
+
+def test_container_dying_outside_our_control_is_noticed_without_a_request(
+    start_proxy, docker_client
+) -> None:
+    proxy = start_proxy({"fake": fake_model()})
+    assert chat(proxy.url, "fake").status_code == 200
+    [container_id] = ready_ids(proxy.url).values()
+    docker_client.containers.get(container_id).kill()
+
+    deadline = time.monotonic() + 5
+    entry: dict = {}
+    while time.monotonic() < deadline:
+        [entry] = httpx.get(f"{proxy.url}/running?all=true").json()["running"]
+        if entry["state"] == "failed":
+            break
+        time.sleep(0.05)
+    assert entry["state"] == "failed"
+    assert "exited with code 137" in entry["failure"]
+    assert chat(proxy.url, "fake").status_code == 200
+
+
+def test_container_ignoring_sigterm_is_killed_after_stop_timeout_and_removed(
+    start_proxy, docker_client, instance_name
+) -> None:
+    proxy = start_proxy({"stubborn": fake_model("--ignore-sigterm", stopTimeout=1)})
+    assert chat(proxy.url, "stubborn").status_code == 200
+    started = time.monotonic()
+    assert httpx.post(f"{proxy.url}/api/models/unload/stubborn", timeout=30).status_code == 200
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 6.0, elapsed
+    assert model_containers(docker_client, instance_name) == []
+
+
+def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, docker_client) -> None:
+    proxy = start_proxy({"fake": fake_model()})
+    assert chat(proxy.url, "fake").status_code == 200
+    [container_id] = ready_ids(proxy.url).values()
+    watcher = proxy.manager._events
+    assert watcher.connected.wait(5)
+
+    watcher.interrupt()  # the stream drops, as when the engine restarts
+    docker_client.containers.get(container_id).kill()  # happens while we are not listening
+
+    deadline = time.monotonic() + 8
+    state = None
+    while time.monotonic() < deadline:
+        [entry] = httpx.get(f"{proxy.url}/running?all=true").json()["running"]
+        state = entry["state"]
+        if state == "failed":
+            break
+        time.sleep(0.1)
+    assert state == "failed", "the death during the gap must be caught after reconnecting"
+    assert watcher.connected.wait(5)
+
+    # Healthy again afterwards, and later deaths are still seen.
+    assert chat(proxy.url, "fake").status_code == 200
+    [new_id] = ready_ids(proxy.url).values()
+    docker_client.containers.get(new_id).kill()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and ready_ids(proxy.url):
+        time.sleep(0.05)
+    assert ready_ids(proxy.url) == {}
