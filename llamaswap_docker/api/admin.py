@@ -1,42 +1,66 @@
-"""Management routes, on llama-swap's paths where it has them: health, running, load, unload."""
+"""Management routes, on llama-swap's paths where it has them: health, running, load, unload.
+
+    GET  /health                     200 "OK" (no API key needed)
+    GET  /running                    models that have a container (?all=true: every model)
+    POST /api/models/load/<model>    start a model; waits until ready (?wait=false: 202 at once)
+    POST /api/models/unload/<model>  stop a model once its in-flight requests finish
+    POST /api/models/unload          stop every model (legacy: GET /unload)
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.lifecycle import ModelState, ModelStatus
 
-__all__ = ["router", "RunningModel", "RunningList"]
+__all__ = ["router", "RunningModel", "RunningList", "LoadResult", "UnloadResult"]
 
-router = APIRouter()
+router = APIRouter(tags=["management"])
 
 
 class RunningModel(BaseModel):
     """One model with a container (llama-swap's fields first, ours added)."""
 
-    model: str
-    state: str
+    model: str = Field(description="model id")
+    state: str = Field(description="stopped, starting, ready, stopping or failed")
     name: str = ""
     description: str = ""
-    ttl: int
-    ttl_left_s: float | None
+    ttl: int = Field(description="seconds idle before unloading; 0: never")
+    ttl_left_s: float | None = Field(description="seconds until the TTL unloads it (ready only)")
     container_id: str | None
     container_name: str | None
     image: str
-    base_url: str | None
-    in_flight: int
-    waiting: int
-    uptime_s: float | None
-    failure: str | None
+    base_url: str | None = Field(description="where the proxy reaches the model's server")
+    in_flight: int = Field(description="requests being served")
+    waiting: int = Field(description="requests queued for the model")
+    uptime_s: float | None = Field(description="seconds since the model became ready")
+    failure: str | None = Field(description="why the last start failed or the container died")
 
 
 class RunningList(BaseModel):
+    """``GET /running``."""
+
     running: list[RunningModel]
+
+
+class LoadResult(BaseModel):
+    """``POST /api/models/load/<model>``: ``msg`` is ``ok`` (ready) or ``loading`` (202)."""
+
+    msg: str
+    model: str
+    state: str
+
+
+class UnloadResult(BaseModel):
+    """``POST /api/models/unload[/<model>]``: ``unloaded`` is a model id or ``all``."""
+
+    msg: str
+    unloaded: str
 
 
 def _running_model(request: Request, status: ModelStatus) -> RunningModel:
@@ -57,7 +81,10 @@ async def health() -> str:
 
 
 @router.get("/running", response_model=RunningList)
-async def running(request: Request, all: bool = False) -> RunningList:
+async def running(
+    request: Request,
+    all: Annotated[bool, Query(description="list every configured model")] = False,
+) -> RunningList:
     """Models that have a container (``?all=true``: every configured model)."""
     statuses = app_state(request).manager.status()
     return RunningList(running=[
@@ -66,29 +93,37 @@ async def running(request: Request, all: bool = False) -> RunningList:
     ])
 
 
-@router.post("/api/models/unload")
-@router.get("/unload", include_in_schema=False)
-async def unload_all(request: Request) -> dict[str, Any]:
+@router.post("/api/models/unload", response_model=UnloadResult)
+@router.get("/unload", response_model=UnloadResult, include_in_schema=False)
+async def unload_all(request: Request) -> UnloadResult:
     """Stop every model once its in-flight requests finish."""
     await app_state(request).manager.unload(None, reason="unload requested (all)")
-    return {"msg": "ok", "unloaded": "all"}
+    return UnloadResult(msg="ok", unloaded="all")
 
 
-@router.post("/api/models/unload/{model:path}")
-async def unload_model(request: Request, model: str) -> dict[str, Any]:
+@router.post("/api/models/unload/{model:path}", response_model=UnloadResult)
+async def unload_model(request: Request, model: str) -> UnloadResult:
+    """Stop one model (id or alias) once its in-flight requests finish."""
     manager = app_state(request).manager
     model_id = manager.resolve(model)
     await manager.unload([model_id], reason="unload requested")
-    return {"msg": "ok", "unloaded": model_id}
+    return UnloadResult(msg="ok", unloaded=model_id)
 
 
-@router.post("/api/models/load/{model:path}")
-async def load_model(request: Request, model: str, wait: bool = True) -> JSONResponse:
+@router.post("/api/models/load/{model:path}", response_model=LoadResult,
+             responses={202: {"model": LoadResult, "description": "loading (``?wait=false``)"}})
+async def load_model(
+    request: Request,
+    model: str,
+    wait: Annotated[bool, Query(description="wait until the model is ready")] = True,
+) -> JSONResponse:
     """Start a model without an inference request; ``?wait=false`` returns at once (202)."""
     state = app_state(request)
     model_id = state.manager.resolve(model)
     if not wait:
         state.manager.load_in_background(model_id)
-        return JSONResponse({"msg": "loading", "model": model_id}, status_code=202)
+        current = state.manager.models[model_id].state.value
+        result = LoadResult(msg="loading", model=model_id, state=current)
+        return JSONResponse(result.model_dump(), status_code=202)
     await state.manager.load(model_id)
-    return JSONResponse({"msg": "ok", "model": model_id, "state": "ready"})
+    return JSONResponse(LoadResult(msg="ok", model=model_id, state="ready").model_dump())

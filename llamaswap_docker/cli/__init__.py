@@ -1,4 +1,4 @@
-"""Typer CLI: ``llamaswap-docker serve | config check | version``."""
+"""Typer CLI: ``llamaswap-docker serve | ps | load | unload | logs | models | config | pull | cleanup``."""
 
 from llamaswap_docker.cli.app import app, main
 

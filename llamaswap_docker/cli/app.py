@@ -1,94 +1,174 @@
-"""The ``llamaswap-docker`` command: flags map onto settings; errors print as one line."""
+"""The ``llamaswap-docker`` command: flags map onto settings or API calls; errors print as one line.
+
+Every ``LlamaswapError`` (and any unexpected error) ends as ``Error: <message>`` on stderr and
+exit code 1, never a traceback; ``--debug`` (or ``LLAMASWAP_DEBUG=1``) shows the traceback.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+import typer.core
 
 from llamaswap_docker import __version__
+from llamaswap_docker.cli import cleanup as cleanup_command
+from llamaswap_docker.cli import config as config_commands
+from llamaswap_docker.cli import pull as pull_command
+from llamaswap_docker.cli import remote
+from llamaswap_docker.cli.output import print_error
 from llamaswap_docker.errors import LlamaswapError
 
 __all__ = ["app", "main"]
 
+#: Where the root callback leaves ``--debug`` for the error handler.
+_DEBUG_KEY = "llamaswap.debug"
+
+_PANEL_SERVER = "Run the proxy"
+_PANEL_MODELS = "Models on a running proxy"
+_PANEL_MAINTENANCE = "Config and maintenance"
+
+
+#: Exceptions that steer the CLI (exit codes, usage errors): passed on, never reported here.
+#: Click's base of usage errors is found through typer's public BadParameter, because typer
+#: bundles its own click in some versions and uses the installed one in others.
+_CONTROL_FLOW: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    *[base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"],
+)
+
+
+class _Group(typer.core.TyperGroup):
+    """Runs a command; turns our errors into one line and exit code 1 (tracebacks on --debug)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _CONTROL_FLOW:
+            raise
+        except LlamaswapError as exc:
+            if ctx.meta.get(_DEBUG_KEY):
+                raise
+            print_error(exc.message)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the exit code
+            if ctx.meta.get(_DEBUG_KEY):
+                raise
+            print_error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
     name="llamaswap-docker",
-    help="Docker-native model-swapping proxy for local LLM servers.\n\n"
-    "One OpenAI/Anthropic-compatible URL; each request's `model` decides which container runs.",
+    cls=_Group,
+    epilog="Run `llamaswap-docker COMMAND --help` for a command's options and examples. "
+    "Commands that talk to a proxy read `--url` / LLAMASWAP_URL and `--api-key` / "
+    "LLAMASWAP_API_KEY.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,  # locals may hold API keys
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = typer.Typer(help="Check or show a config file.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
 
 
-@app.command()
-def serve(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file (default: the built-in demo).")] = None,
-    listen: Annotated[Optional[str], typer.Option("--listen", "-l", help="host:port to serve on [default: 127.0.0.1:8080].")] = None,
-    docker_host: Annotated[Optional[str], typer.Option("--docker-host", help="Docker engine URL (default: DOCKER_HOST or the local socket).")] = None,
-    log_level: Annotated[Optional[str], typer.Option("--log-level", help="debug, info, warn or error.")] = None,
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llamaswap-docker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="LLAMASWAP_DEBUG", show_envvar=True,
+        help="Show tracebacks of errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
-    """Run the proxy.
+    """Run local LLM servers as Docker containers behind one OpenAI- and Anthropic-compatible
+    URL; each request's `model` decides which container runs.
 
-    Examples:
+    **Examples**
 
-        llamaswap-docker serve                      # the built-in demo
+    ```
+    llamaswap-docker serve -c config.yaml     # run the proxy
+    llamaswap-docker ps                       # what runs, in which container
+    llamaswap-docker load qwen-7b             # start a model before it is asked for
+    llamaswap-docker logs qwen-7b -f          # follow its container's output
+    llamaswap-docker config check config.yaml
+    ```
+    """
+    ctx.meta[_DEBUG_KEY] = debug
 
-        llamaswap-docker serve -c config.yaml -l 0.0.0.0:8080
+
+@app.command(rich_help_panel=_PANEL_SERVER)
+def serve(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", dir_okay=False, show_default=False,
+        help="Config file [default: LLAMASWAP_CONFIG, else the built-in demo].")] = None,
+    listen: Annotated[Optional[str], typer.Option(
+        "--listen", "-l", show_default=False,
+        help="host:port to serve on [default: 127.0.0.1:8080].")] = None,
+    watch_config: Annotated[bool, typer.Option(
+        "--watch-config", help="Reload the config when the file changes.")] = False,
+    docker_host: Annotated[Optional[str], typer.Option(
+        "--docker-host", show_default=False,
+        help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")] = None,
+    log_level: Annotated[Optional[str], typer.Option(
+        "--log-level", show_default=False, help="debug, info, warn or error.")] = None,
+) -> None:
+    """Run the proxy (the built-in demo when no config is given).
+
+    Listens on 127.0.0.1 unless told otherwise; to listen on other interfaces, set `apiKeys`
+    in the config.
+
+    **Examples**
+
+    ```
+    llamaswap-docker serve                               # the built-in demo
+    llamaswap-docker serve -c config.yaml --watch-config
+    llamaswap-docker serve -c config.yaml -l 0.0.0.0:8080
+    ```
     """
     from llamaswap_docker.config import load_settings
     from llamaswap_docker.server import run_server
 
-    settings = load_settings(config=config, listen=listen, docker_host=docker_host, log_level=log_level)
+    settings = load_settings(
+        config=config, listen=listen, docker_host=docker_host, log_level=log_level,
+        # None leaves LLAMASWAP_WATCH_CONFIG in charge.
+        watch_config=True if watch_config else None,
+    )
     raise typer.Exit(run_server(settings))
 
 
-@config_app.command("check")
-def config_check(
-    path: Annotated[Path, typer.Argument(help="Config file to validate.")] = Path("config.yaml"),
-) -> None:
-    """Validate a config file; print each error with its line and field.
-
-    Example:
-
-        llamaswap-docker config check config.yaml
-    """
-    from llamaswap_docker.config import load_config
-
-    config = load_config(path)
-    typer.echo(f"{path}: OK ({len(config.models)} models, {len(config.groups)} groups)")
+app.command("ps", rich_help_panel=_PANEL_MODELS)(remote.ps)
+app.command("status", hidden=True)(remote.ps)
+app.command("models", rich_help_panel=_PANEL_MODELS)(remote.models)
+app.command("load", rich_help_panel=_PANEL_MODELS)(remote.load)
+app.command("unload", rich_help_panel=_PANEL_MODELS)(remote.unload)
+app.command("logs", rich_help_panel=_PANEL_MODELS)(remote.logs)
+app.add_typer(config_commands.app, name="config", rich_help_panel=_PANEL_MAINTENANCE)
+app.command("pull", rich_help_panel=_PANEL_MAINTENANCE)(pull_command.pull)
+app.command("cleanup", rich_help_panel=_PANEL_MAINTENANCE)(cleanup_command.cleanup)
 
 
-@app.command()
+@app.command(rich_help_panel=_PANEL_MAINTENANCE)
 def version() -> None:
-    """Print the version."""
+    """Print the version.
+
+    **Examples**
+
+    ```
+    llamaswap-docker version
+    ```
+    """
     typer.echo(f"llamaswap-docker {__version__}")
 
 
 def main() -> None:
-    """Entry point: LlamaswapError → one line on stderr and exit 1 (``LLAMASWAP_DEBUG=1``: traceback)."""
-    try:
-        app(standalone_mode=False)
-    except LlamaswapError as exc:
-        if os.environ.get("LLAMASWAP_DEBUG"):
-            raise
-        typer.echo(f"Error: {exc.message}", err=True)
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("Aborted.", err=True)
-        sys.exit(1)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    """Entry point of ``llamaswap-docker`` and ``python -m llamaswap_docker``."""
+    app(prog_name="llamaswap-docker")

@@ -1,0 +1,183 @@
+"""Log routes: the proxy's own log (buffered and live) and a model container's output.
+
+    GET /logs                    the proxy's recent log lines (text/plain)
+    GET /logs/stream             the same, then live lines as they are logged (?no-history)
+    GET /logs/stream/<model>     the model's container output, read from the engine
+                                 (?tail=N earlier lines first, -1 all; ?follow=false: only those)
+
+Container output comes from the engine, not from the proxy's memory, so it is there for a
+container adopted after a restart too. Lines reach a stream from other threads (loguru sinks,
+the engine's log stream read in a worker thread); each stream has a bounded queue, and a reader
+too slow to keep up loses lines, with a note saying how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import APIRouter, Query, Request
+from loguru import logger
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+from llamaswap_docker.api.errors import error_response
+from llamaswap_docker.api.state import app_state
+from llamaswap_docker.logs import log_buffer
+
+__all__ = ["router"]
+
+#: Items a stream may hold for a slow reader before it drops lines.
+STREAM_QUEUE_LIMIT = 10_000
+#: Headers that keep reverse proxies (nginx) from buffering a live stream.
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_TEXT = "text/plain; charset=utf-8"
+
+T = TypeVar("T")
+
+router = APIRouter(tags=["logs"])
+
+
+class _Feed(Generic[T]):
+    """Items pushed from any thread into the event loop, read by one async reader.
+
+    ``push`` may be called from any thread, also after the loop closed (it is then a no-op);
+    ``end`` marks the end of the feed and is never dropped.
+    """
+
+    _END: Any = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = STREAM_QUEUE_LIMIT) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._limit = limit
+        self.dropped = 0
+
+    def push(self, item: T) -> None:
+        self._call(self._put, item)
+
+    def end(self) -> None:
+        self._call(self._queue.put_nowait, self._END)
+
+    def _call(self, function: Any, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(function, item)
+        except RuntimeError:  # the loop is closed: nobody reads any more
+            pass
+
+    def _put(self, item: T) -> None:
+        if self._queue.qsize() >= self._limit:
+            self.dropped += 1
+        else:
+            self._queue.put_nowait(item)
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        while (item := await self._queue.get()) is not self._END:
+            yield item
+
+
+def _dropped_note(feed: _Feed[Any]) -> str:
+    count, feed.dropped = feed.dropped, 0
+    return f"[llamaswap-docker: {count} log lines dropped: the reader was too slow]\n"
+
+
+@router.get("/logs", response_class=PlainTextResponse)
+async def logs() -> PlainTextResponse:
+    """The proxy's recent log lines, oldest first."""
+    history = log_buffer.history()
+    return PlainTextResponse("".join(f"{line}\n" for line in history), media_type=_TEXT)
+
+
+@router.get("/logs/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def logs_stream(request: Request) -> StreamingResponse:
+    """The proxy's log, live: recent lines first (unless ``?no-history``), then new ones."""
+    with_history = "no-history" not in request.query_params
+    feed: _Feed[str] = _Feed(asyncio.get_running_loop())
+    # Subscribe before reading the history, so no line falls between the two.
+    log_buffer.subscribe(feed.push)
+    history = log_buffer.history() if with_history else []
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            if history:
+                yield "".join(f"{line}\n" for line in history)
+            # A line logged between subscribing and reading the history is in both: skip it.
+            recent = set(history[-64:])
+            async for line in feed:
+                if recent:
+                    if line in recent:
+                        recent.discard(line)
+                        continue
+                    recent.clear()
+                if feed.dropped:
+                    yield _dropped_note(feed)
+                yield f"{line}\n"
+        finally:
+            log_buffer.unsubscribe(feed.push)
+
+    return StreamingResponse(lines(), media_type=_TEXT, headers=_STREAM_HEADERS)
+
+
+@router.get("/logs/stream/{model:path}", response_class=StreamingResponse,
+            responses={200: {"content": {"text/plain": {}}},
+                       404: {"description": "unknown model, or the model has no container"}})
+async def model_logs_stream(
+    request: Request,
+    model: str,
+    tail: Annotated[int, Query(ge=-1, description="lines of earlier output sent first; -1: all")] = 100,
+    follow: Annotated[bool, Query(description="keep streaming new output")] = True,
+) -> Response:
+    """The output (stdout and stderr) of the model's container, as the engine has it."""
+    state = app_state(request)
+    model_id = state.manager.resolve(model)
+    status = next(s for s in state.manager.status() if s.model_id == model_id)
+    if status.container_id is None:
+        return error_response(
+            "openai", 404,
+            f"model {model_id!r} has no container ({status.state.value}): nothing to show; "
+            f"load it first (POST /api/models/load/{model_id})",
+            "model_not_running",
+        )
+    containers = state.manager.containers
+    if not follow:
+        text = await asyncio.to_thread(containers.logs_tail, status.container_id, tail)
+        return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
+    # Open the stream here, so an engine error still answers as an error, not an empty stream.
+    stream = await asyncio.to_thread(containers.follow_logs, status.container_id, tail)
+    return StreamingResponse(_follow(stream, model_id), media_type=_TEXT,
+                             headers=_STREAM_HEADERS)
+
+
+async def _follow(stream: Iterator[bytes], model_id: str) -> AsyncIterator[bytes]:
+    """Relay an engine log stream read in a daemon thread; closing it ends the thread."""
+    feed: _Feed[bytes] = _Feed(asyncio.get_running_loop())
+
+    def pump() -> None:
+        try:
+            for chunk in stream:
+                feed.push(chunk)
+        except Exception as exc:  # noqa: BLE001 - an engine hiccup ends this stream, not the proxy
+            logger.bind(model=model_id).debug("container log stream ended: {}", exc)
+        finally:
+            feed.end()
+
+    # A thread of its own rather than the default executor: a follow may last for days, and
+    # the loop's executor is joined at shutdown.
+    reader = threading.Thread(target=pump, name=f"logs-{model_id}", daemon=True)
+    reader.start()
+    try:
+        async for chunk in feed:
+            if feed.dropped:
+                yield _dropped_note(feed).encode()
+            yield chunk
+    finally:
+        # The client left (or the container stopped): shutting the socket down unblocks the
+        # reader thread at once (no await here: this may run while being cancelled).
+        close = getattr(stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
+                logger.bind(model=model_id).debug("closing a container log stream: {}", exc)

@@ -1,0 +1,150 @@
+"""``config check`` and ``config show``: validate a config file, print it resolved and masked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from llamaswap_docker.cli.output import stderr, stdout
+from llamaswap_docker.config import Config, load_config
+from llamaswap_docker.errors import ConfigError
+
+__all__ = ["app", "check", "show", "mask_secrets", "MASK"]
+
+#: What a secret is printed as.
+MASK = "***"
+#: Keys (env names, macro names, flags) whose values are secrets.
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def config() -> None:
+    """Check or show a config file.
+
+    PATH defaults to LLAMASWAP_CONFIG, else ./config.yaml.
+
+    **Examples**
+
+    ```
+    llamaswap-docker config check config.yaml
+    llamaswap-docker config show config.yaml
+    ```
+    """
+
+PathArgument = Annotated[Path, typer.Argument(
+    envvar="LLAMASWAP_CONFIG", show_envvar=True, dir_okay=False, metavar="PATH",
+    help="Config file.")]
+
+
+@app.command()
+def check(path: PathArgument = Path("config.yaml")) -> None:
+    """Validate a config file; print each error with its line and field.
+
+    Exits 0 when the file is valid, 1 when it is not: use it before a deploy or in CI.
+
+    **Examples**
+
+    ```
+    llamaswap-docker config check
+    llamaswap-docker config check /etc/llamaswap/config.yaml
+    ```
+    """
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        issues = getattr(exc, "errors", None) or []
+        if not any(issue.line or issue.field for issue in issues):
+            raise  # unreadable file: one line, as any other error
+        console = stderr()
+        count = len(issues)
+        console.print(f"{path}: {count} error{'' if count == 1 else 's'}", style="bold red",
+                      markup=False)
+        for issue in issues:
+            console.print(str(issue), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    groups = len(config.groups)
+    stdout().print(
+        f"{path}: OK ({len(config.models)} model{'' if len(config.models) == 1 else 's'}, "
+        f"{groups} group{'' if groups == 1 else 's'})",
+        markup=False,
+    )
+
+
+@app.command()
+def show(path: PathArgument = Path("config.yaml")) -> None:
+    """Print the config as the proxy reads it, with secrets masked.
+
+    Macros and ${env.X} are resolved and defaults filled in.
+    Masked: every apiKeys value, and values whose name looks secret (TOKEN, KEY, SECRET,
+    PASSWORD): env entries, macros, and `--flag value` pairs in cmd.
+
+    **Examples**
+
+    ```
+    llamaswap-docker config show config.yaml
+    llamaswap-docker config show | less
+    ```
+    """
+    config = load_config(path)
+    text = yaml.safe_dump(mask_secrets(dump_config(config)), sort_keys=False, allow_unicode=True,
+                          width=100)
+    typer.echo(text, nl=False)
+
+
+def dump_config(config: Config) -> dict[str, Any]:
+    """The config as YAML-ready data, with the file's own (camelCase) keys."""
+    return config.model_dump(mode="json", by_alias=True)
+
+
+def mask_secrets(data: Any, name: str = "") -> Any:
+    """A copy of ``data`` with secrets replaced by ``MASK``.
+
+    ``apiKeys`` values; string values under a secret-looking key; in a ``cmd`` list, the value
+    after (or joined with ``=`` to) a secret-looking flag such as ``--api-key``.
+    """
+    if isinstance(data, dict):
+        masked: dict[Any, Any] = {}
+        for key, value in data.items():
+            if key == "apiKeys" and isinstance(value, list):
+                masked[key] = [MASK for _ in value]
+            elif isinstance(value, str | int | float) and not isinstance(value, bool) \
+                    and SECRET_NAME.search(str(key)):
+                masked[key] = MASK
+            else:
+                masked[key] = mask_secrets(value, str(key))
+        return masked
+    if isinstance(data, list):
+        if name == "cmd":
+            return _mask_command(data)
+        return [mask_secrets(item, name) for item in data]
+    return data
+
+
+def _mask_command(args: list[Any]) -> list[Any]:
+    masked: list[Any] = []
+    secret_next = False
+    for arg in args:
+        text = str(arg)
+        if secret_next and not text.startswith("-"):
+            masked.append(MASK)
+            secret_next = False
+            continue
+        secret_next = False
+        flag, sep, _ = text.partition("=")
+        if flag.startswith("-") and SECRET_NAME.search(flag):
+            if sep:
+                masked.append(f"{flag}={MASK}")
+                continue
+            secret_next = True
+        masked.append(arg)
+    return masked

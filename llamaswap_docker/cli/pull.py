@@ -1,0 +1,147 @@
+"""``pull``: pull the images of configured models, with a progress bar per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from llamaswap_docker.cli.output import print_error, stderr, stdout
+from llamaswap_docker.config import Config, load_config
+from llamaswap_docker.errors import LlamaswapError, ModelNotFound
+from llamaswap_docker.runtime import Engine, PullProgress, ensure_image
+
+__all__ = ["pull", "PullTracker"]
+
+#: Layer statuses after which all of a layer's bytes are there.
+_LAYER_DONE = ("Download complete", "Verifying Checksum", "Extracting", "Pull complete",
+               "Already exists")
+
+
+@dataclass
+class PullTracker:
+    """Turns one image's pull events into bytes done / bytes known, over all its layers."""
+
+    layers: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    status: str = "waiting"
+
+    def update(self, event: PullProgress) -> None:
+        if event.layer is None or event.layer == event.image.rpartition(":")[2]:
+            # Image-level lines: "Pulling from library/x", "Digest: …", "Status: …".
+            self.status = event.status
+            return
+        current, total = self.layers.get(event.layer, (0, None))
+        if event.status == "Downloading" and event.total:
+            current, total = event.current or 0, event.total
+        elif event.status.startswith(_LAYER_DONE) and total is not None:
+            current = total
+        self.layers[event.layer] = (current, total)
+        done = sum(1 for c, t in self.layers.values() if t is not None and c >= t)
+        self.status = f"{event.status.lower()} ({done}/{len(self.layers)} layers)"
+
+    @property
+    def completed(self) -> int:
+        return sum(current for current, _ in self.layers.values())
+
+    @property
+    def total(self) -> int | None:
+        totals = [total for _, total in self.layers.values()]
+        if not totals or any(total is None for total in totals):
+            return None
+        return sum(t for t in totals if t is not None)
+
+
+def pull(
+    model: Annotated[Optional[list[str]], typer.Argument(
+        metavar="MODEL", help="Model ids or aliases [default: every model].",
+        show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", envvar="LLAMASWAP_CONFIG", show_envvar=True, dir_okay=False,
+        show_default=False, help="Config file [default: the built-in demo].")] = None,
+    docker_host: Annotated[Optional[str], typer.Option(
+        "--docker-host", show_default=False,
+        help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")] = None,
+) -> None:
+    """Pull the images of configured models now, rather than on their first request.
+
+    Always asks the registry (a newer image replaces the local one), whatever pullPolicy says.
+
+    **Examples**
+
+    ```
+    llamaswap-docker pull -c config.yaml
+    llamaswap-docker pull qwen-7b llama-8b -c config.yaml
+    ```
+    """
+    loaded = _load(config)
+    images = _images(loaded, model or [])
+    engine = Engine.from_settings(docker_host or loaded.docker.host)
+    failed: list[str] = []
+    try:
+        for image in images:
+            try:
+                _pull_one(engine, image)
+            except LlamaswapError as exc:
+                failed.append(image)
+                print_error(exc.message)
+            else:
+                stdout().print(f"{image}: pulled", markup=False)
+    finally:
+        engine.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _load(path: Path | None) -> Config:
+    if path is not None:
+        return load_config(path)
+    from llamaswap_docker.config import load_demo_config
+    from llamaswap_docker.server import demo_models_dir
+
+    return load_demo_config(demo_models_dir())
+
+
+def _images(config: Config, names: list[str]) -> list[str]:
+    """The images of the named models (all when none), each once, in config order."""
+    model_ids = []
+    for name in names:
+        model_id = config.resolve(name)
+        if model_id is None:
+            raise ModelNotFound(
+                f"model {name!r} is not in the config; it has: {', '.join(sorted(config.models))}"
+            )
+        model_ids.append(model_id)
+    chosen = model_ids or list(config.models)
+    return list(dict.fromkeys(config.models[model_id].image for model_id in chosen))
+
+
+def _pull_one(engine: Engine, image: str) -> None:
+    tracker = PullTracker()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=stderr(),
+        transient=True,
+    )
+    with progress:
+        task: TaskID = progress.add_task(image, total=None, status="")
+
+        def on_progress(event: PullProgress) -> None:
+            tracker.update(event)
+            progress.update(task, completed=tracker.completed, total=tracker.total,
+                            status=tracker.status)
+
+        ensure_image(engine, image, "always", on_progress=on_progress)
