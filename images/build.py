@@ -85,10 +85,12 @@ ROOTFS = {
 BUILDS = {
     FAKE_UPSTREAM: DockerfileImage(FAKE_UPSTREAM, "fake-upstream", PYTHON_BASE, "python:3.11-slim"),
     LLAMA_SERVER: DockerfileImage(LLAMA_SERVER, "llama-server", LLAMA_BASE, "debian:sid-slim"),
+    PROXY: DockerfileImage(PROXY, "proxy", PYTHON_BASE, "python:3.11-slim"),
 }
 
 #: The images the test suite and the demo config need.
-DEFAULT_IMAGES = (FAKE_UPSTREAM, LLAMA_SERVER)
+DEFAULT_IMAGES = (FAKE_UPSTREAM, LLAMA_SERVER, PROXY)
+REPO_DIR = IMAGES_DIR.parent
 
 
 def log(message: str) -> None:
@@ -153,7 +155,23 @@ def build_rootfs(client: docker.DockerClient, spec: Rootfs) -> None:
     log(f"built {spec.tag} in {time.monotonic() - started:.0f}s")
 
 
+def build_wheelhouse(target: Path) -> None:
+    """Wheels of the package and its runtime dependencies, for an offline ``pip install``."""
+    if target.exists():
+        shutil.rmtree(target)
+    log(f"building wheelhouse in {target.relative_to(REPO_DIR)}")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+         "--wheel-dir", str(target), str(REPO_DIR)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"pip wheel failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
 def build_dockerfile(client: docker.DockerClient, spec: DockerfileImage, source: str) -> None:
+    if spec.tag == PROXY:
+        build_wheelhouse(IMAGES_DIR / spec.context / "wheelhouse")
     base = spec.local_base if source == "local" else spec.registry_base
     started = time.monotonic()
     log(f"building {spec.tag} from images/{spec.context} on {base}")

@@ -139,6 +139,10 @@ class ModelManager:
         )
         self._events.start()
         await self._reconcile()
+        for model_id, model in self.config.models.items():
+            spec = ContainerSpec.from_model(model_id, model)
+            for warning in await asyncio.to_thread(self.containers.host_path_warnings, spec):
+                logger.bind(model=model_id).warning(warning)
         self._tasks.pump = asyncio.create_task(self._pump(), name="llamaswap-pump")
         self._tasks.ttl = asyncio.create_task(self._ttl_loop(), name="llamaswap-ttl")
         self.started = True

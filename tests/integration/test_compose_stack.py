@@ -1,0 +1,146 @@
+"""The deployment users run: ``docker compose up`` the proxy image, which drives sibling model
+containers through the mounted socket (pytest-docker, compose v1 or v2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import openai
+import pytest
+
+from tests.conftest import REPO, RUN_INSTANCE, fake_model, llama_model, proxy_config_yaml, unused_tcp_port
+
+COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
+INSTANCE = f"{RUN_INSTANCE}-compose"
+NETWORK = f"{INSTANCE}-net"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    # Debian packages compose v1 only; the file is valid for both.
+    return "docker compose" if shutil.which("docker-compose") is None else "docker-compose"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return INSTANCE.replace("-", "")
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    return ["up -d"]  # the image is built by the `images` fixture, not by compose
+
+
+@pytest.fixture(scope="session")
+def compose_env(tmp_path_factory, tiny_model_dir: Path) -> dict[str, str]:
+    """Environment for compose: the test config, a free port, the test network."""
+    config_dir = tmp_path_factory.mktemp("compose")
+    config = config_dir / "config.yaml"
+    config.write_text(proxy_config_yaml(
+        {
+            "vllm-like": fake_model("--mode", "vllm", "--model-name", "vllm-like", port=8000),
+            "tiny": llama_model(tiny_model_dir),
+        },
+        INSTANCE,
+        groups={"pair": {"swap": False, "exclusive": False, "members": ["vllm-like", "tiny"]}},
+        docker={"network": NETWORK, "routing": "auto"},
+    ))
+    env = {
+        "LLAMASWAP_CONFIG_FILE": str(config),
+        "LLAMASWAP_PORT": str(unused_tcp_port()),
+        "LLAMASWAP_NETWORK": NETWORK,
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        "LLAMASWAP_LOG_LEVEL": "debug",
+    }
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(images, compose_env, docker_services) -> str:
+    url = f"http://127.0.0.1:{compose_env['LLAMASWAP_PORT']}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    docker_services.wait_until_responsive(check=healthy, timeout=60, pause=0.2)
+    return url
+
+
+def proxy_container(client: docker.DockerClient) -> docker.models.containers.Container:
+    [container] = client.containers.list(
+        all=True, filters={"label": "com.docker.compose.service=llamaswap",
+                           "name": INSTANCE.replace("-", "")})
+    return container
+
+
+def model_ids(url: str) -> dict[str, str]:
+    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
+    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
+
+
+def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_crash_and_downs_clean(
+    stack, docker_client, compose_env
+) -> None:
+    client = openai.OpenAI(base_url=f"{stack}/v1", api_key="unused", max_retries=0, timeout=60)
+    for model in ("vllm-like", "tiny"):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert reply.choices[0].message.content is not None
+
+    before = model_ids(stack)
+    assert set(before) == {"vllm-like", "tiny"}
+    for container_id in before.values():
+        container = docker_client.containers.get(container_id)
+        assert NETWORK in container.attrs["NetworkSettings"]["Networks"]
+        assert not container.attrs["HostConfig"]["PortBindings"], "model ports must not be published"
+    running = httpx.get(f"{stack}/running").json()["running"]
+    assert all(entry["base_url"].startswith("http://llamaswap-") for entry in running)
+
+    # The proxy crashes (SIGKILL under its init); compose's restart policy brings it back and it
+    # adopts both model containers instead of reloading them.
+    proxy = proxy_container(docker_client)
+    subprocess.run(["docker", "exec", proxy.id, "python3", "-c",
+                    "import os\n"
+                    "for p in os.listdir('/proc'):\n"
+                    "    if p.isdigit() and int(p) not in (1, os.getpid()):\n"
+                    "        cmd = open(f'/proc/{p}/cmdline', 'rb').read()\n"
+                    "        if b'llamaswap-docker' in cmd and b'python3\\x00-c' not in cmd:\n"
+                    "            os.kill(int(p), 9)\n"], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        proxy.reload()
+        if proxy.attrs["RestartCount"] >= 1 and proxy.status == "running":
+            try:
+                if httpx.get(f"{stack}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
+    assert proxy.attrs["RestartCount"] >= 1
+    assert model_ids(stack) == before, "after a restart the running models must be adopted"
+
+    # down: the proxy stops gracefully and removes its model containers.
+    subprocess.run(
+        f"{'docker-compose' if shutil.which('docker-compose') else 'docker compose'} "
+        f"-f {COMPOSE_FILE} -p {INSTANCE.replace('-', '')} down".split(),
+        check=True, env={**os.environ, **compose_env}, capture_output=True,
+    )
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"io.llamaswap.instance={INSTANCE}"})
+    assert left == []
+    assert docker_client.networks.list(names=[NETWORK]) == []
