@@ -1,8 +1,8 @@
 """Macro expansion on the raw config data, before schema validation.
 
 ``${name}`` is replaced by the model's macro ``name``, else the global one; ``${env.NAME}``
-by the environment variable; ``${PORT}`` and ``${MODEL_ID}`` by the model's ``port`` and
-id. Macro values may use macros themselves (cycles are errors). ``$${`` writes a literal
+by the environment variable; ``${PORT}`` and ``${MODEL_ID}`` by the model's ``port`` (its
+backend's default port when unset) and id. Macro values may use macros themselves (cycles are errors). ``$${`` writes a literal
 ``${``. Expansion runs on the plain data parsed from YAML, so every problem is reported
 at the location of the string that used the macro, which the loader maps to a line.
 
@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .backends import default_port
 from .schema import Loc
 
 __all__ = ["expand_macros"]
@@ -147,7 +148,7 @@ class _Expander:
         layers = [own if isinstance(own, dict) else {}, global_macros]
         loc: Loc = ("models", model_id)
         # ${PORT} is the port after expansion: "port: ${llama_port}" is allowed.
-        port = model.get("port", 8080)
+        port = model.get("port", default_port(model.get("backend")))
         if isinstance(port, str):
             port = self.string(port, _Scope(layers, {"MODEL_ID": model_id}, environ), (*loc, "port"))
         scope = _Scope(layers, {"PORT": port, "MODEL_ID": model_id}, environ)

@@ -33,6 +33,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from .backends import GPU_PLATFORMS, Backend, BackendPreset, Platform, backend_preset
 
 __all__ = [
     "DEFAULT_GROUP_ID",
@@ -44,6 +47,8 @@ __all__ = [
     "LogLevel",
     "PullPolicy",
     "Routing",
+    "VulkanDriver",
+    "Gpus",
     "OnShutdown",
     "VolumeMount",
     "ContainerOptions",
@@ -77,6 +82,11 @@ LogLevel = Literal["debug", "info", "warn", "error"]
 PullPolicy = Literal["always", "missing", "never"]
 Routing = Literal["auto", "host", "network"]
 OnShutdown = Literal["stop", "keep"]
+#: How a ``platform: vulkan`` container reaches its GPU: /dev/dri (Mesa: AMD, Intel) or NVIDIA's
+#: container toolkit (a device request with the graphics capability).
+VulkanDriver = Literal["mesa", "nvidia"]
+#: ``gpus`` after validation: "all", a count, or GPU indices / UUIDs as strings; None: default.
+Gpus = str | int | list[str] | None
 
 _MACRO_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _INSTANCE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -173,6 +183,51 @@ def _no_blank(kind: str) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+_GPU_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")  # 0, GPU-8f6d..., MIG-.../1/0
+_GPUS_FORMS = "expected 'all', a count such as 2, or a list of GPU indices / UUIDs such as [0, 1]"
+
+
+def _normalize_gpus(value: Any) -> Any:
+    """``gpus`` as written → ``"all"``, a count, or a list of id strings (indices or UUIDs).
+
+    A bare number is a count, as in ``docker run --gpus 2``; a list, or a comma-separated
+    string such as ``"0,1"``, names GPUs.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(_GPUS_FORMS)
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"a GPU count must be at least 1, not {value}")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "all":
+            return "all"
+        if text.isdigit():
+            return _normalize_gpus(int(text))
+        items: list[Any] = [part.strip() for part in text.split(",")]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError(_GPUS_FORMS)
+    if not items:
+        raise ValueError(f"the list of GPUs is empty: {_GPUS_FORMS}")
+    ids: list[str] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            ids.append(str(item))
+        elif isinstance(item, str) and _GPU_ID_RE.match(item.strip()):
+            ids.append(item.strip())
+        else:
+            raise ValueError(f"GPU {item!r} must be an index (0, 1...) or a UUID (GPU-...)")
+    duplicates = sorted({gpu for gpu in ids if ids.count(gpu) > 1})
+    if duplicates:
+        raise ValueError(f"GPU(s) listed twice: {', '.join(duplicates)}")
+    return ids
 
 
 def _check_macro_name(name: str) -> str:
@@ -303,6 +358,7 @@ class ContainerOptions(_Schema):
     extra_hosts: StrMap = {}  # hostname -> IP (or "host-gateway")
     privileged: bool = False
     cap_add: list[str] = []
+    security_opt: list[str] = []  # e.g. "seccomp=unconfined" (vLLM's ROCm image)
 
     @field_validator("shm_size", "memory", mode="before")
     @classmethod
@@ -354,7 +410,13 @@ class ModelConfig(_Schema):
         "cmdStop": "containers are stopped through the Docker API; set `stopTimeout`",
     }
 
-    image: str = Field(min_length=1)
+    # What runs, and on what: declared first so later fields' validators can see them.
+    backend: Backend = "custom"  # a preset fills image, port, env... (config/backends.py)
+    platform: Platform = "cpu"  # picks the image tag and the GPU device options
+    vulkan_driver: VulkanDriver = "mesa"  # platform vulkan: /dev/dri (mesa) or NVIDIA's
+    gpus: Gpus = None  # None: every GPU of a GPU platform
+    # None: the backend preset's image (validate_default runs _image_or_preset).
+    image: str = Field(None, min_length=1, validate_default=True)  # type: ignore[assignment]
     cmd: list[str] = []  # [] = the image's default command
     port: int = Field(8080, ge=1, le=65535)  # the port the server listens on in the container
     env: dict[str, str] = {}
@@ -372,11 +434,107 @@ class ModelConfig(_Schema):
     filters: ModelFilters = ModelFilters()
     macros: Macros = {}
     docker: ContainerOptions = ContainerOptions()
-    # Reserved for a later change (backend presets, platform, GPU assignment):
-    # accepted so configs can carry them, not acted on yet.
-    backend: str | None = None
-    platform: str | None = None
-    gpus: str | int | list[str | int] | None = None
+
+    @field_validator("vulkan_driver")
+    @classmethod
+    def _vulkan_driver_needs_vulkan(cls, value: str, info: ValidationInfo) -> str:
+        platform = info.data.get("platform")
+        if value != "mesa" and platform is not None and platform != "vulkan":
+            raise ValueError(f"vulkanDriver applies to platform 'vulkan' only, not {platform!r}")
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _normalize_gpus(cls, value: Any) -> Any:
+        return _normalize_gpus(value)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_fit_platform(cls, value: Any, info: ValidationInfo) -> Any:
+        platform = info.data.get("platform")
+        if value is None or platform is None:
+            return value
+        if platform not in GPU_PLATFORMS:
+            raise ValueError(
+                f"platform {platform!r} has no GPUs: set `platform` "
+                f"({', '.join(sorted(GPU_PLATFORMS))}) or remove `gpus`"
+            )
+        by_index_only = platform == "intel" or (
+            platform == "vulkan" and info.data.get("vulkan_driver") != "nvidia"
+        )
+        if by_index_only and isinstance(value, list):
+            named = [gpu for gpu in value if not gpu.isdigit()]
+            if named:
+                raise ValueError(
+                    f"platform {platform!r} selects GPUs by index only (0, 1...), "
+                    f"not {', '.join(map(repr, named))}"
+                )
+        return value
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image_or_preset(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        backend, platform = info.data.get("backend"), info.data.get("platform")
+        if backend is None or platform is None:
+            return "-"  # backend or platform is invalid and reported; don't pile on
+        preset = backend_preset(backend, platform)
+        if preset is None:
+            # Reported by the loader as "missing required field 'image'".
+            raise PydanticCustomError("missing", "Field required")
+        if preset.image is None:
+            raise ValueError(
+                f"backend {backend!r} publishes no image for platform {platform!r}: "
+                f"set `image` to one you built"
+            )
+        return preset.image
+
+    @model_validator(mode="after")
+    def _apply_backend_preset(self) -> ModelConfig:
+        """Fill what the user left unset from the backend's preset (see config/backends.py).
+
+        The user's own values win: scalars they set are kept, ``env`` merges by name and
+        ``volumes`` by container path with their entry winning, ``docker`` options by field.
+        ``model_fields_set`` keeps saying what the user wrote.
+        """
+        preset = self.preset
+        if preset is None:
+            return self
+        written = self.model_fields_set
+        filled: dict[str, Any] = {}
+        if "port" not in written:
+            filled["port"] = preset.port
+        if "check_endpoint" not in written:
+            filled["check_endpoint"] = preset.check_endpoint
+        filled["env"] = {**preset.environment(filled.get("port", self.port)), **self.env}
+        targets = {VolumeMount.parse(spec).target for spec in self.volumes}
+        extra = [spec for spec in preset.volumes if VolumeMount.parse(spec).target not in targets]
+        filled["volumes"] = [*extra, *self.volumes]
+        docker_written = self.docker.model_fields_set
+        docker_filled = {
+            name: value for name, value in preset.docker.items() if name not in docker_written
+        }
+        # "A large shm" is the documented alternative to ipc: host; don't override it.
+        if "shm_size" in docker_written:
+            docker_filled.pop("ipc", None)
+        if docker_filled:
+            docker = self.docker.model_copy()
+            docker.__dict__.update(docker_filled)  # frozen; unset fields stay unset
+            filled["docker"] = docker
+        self.__dict__.update(filled)  # frozen: write through, keep model_fields_set as written
+        return self
+
+    @property
+    def preset(self) -> BackendPreset | None:
+        """The backend's preset for this platform; None for ``backend: custom``."""
+        return backend_preset(self.backend, self.platform)
+
+    @property
+    def pass_env(self) -> tuple[str, ...]:
+        """Variables copied from the proxy's environment when set there (e.g. ``HF_TOKEN``)."""
+        preset = self.preset
+        return tuple(name for name in preset.pass_env if name not in self.env) if preset else ()
 
     @field_validator("cmd", mode="before")
     @classmethod

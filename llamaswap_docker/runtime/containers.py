@@ -110,6 +110,7 @@ class Containers:
         self.instance = instance
         self.network = network
         self.routing = routing
+        self._cdi_logged = False
 
     # -- network -----------------------------------------------------------------------------
 
@@ -141,7 +142,12 @@ class Containers:
     def create(self, spec: ContainerSpec) -> ContainerRef:
         """Create (not start) the container for ``spec``, labelled, with a fresh unique name."""
         name = f"llamaswap-{_slug(self.instance)}-{_slug(spec.model_id)}-{secrets.token_hex(3)}"
-        kwargs = spec.container_kwargs()
+        # Podman's Docker API ignores device requests (podman #22645): name CDI devices instead.
+        cdi = bool(spec.device_requests) and self.engine.is_podman
+        if cdi and not self._cdi_logged:
+            self._cdi_logged = True
+            logger.info("podman engine: using CDI device names (nvidia.com/gpu=...) for GPUs")
+        kwargs = spec.container_kwargs(cdi=cdi)
         kwargs["labels"] = {
             **dict(spec.labels),
             **labels.ownership_labels(self.instance, spec.model_id, spec.spec_hash, spec.port),

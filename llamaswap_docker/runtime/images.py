@@ -1,7 +1,15 @@
-"""Make sure a model's image is on the engine, as ``pullPolicy`` says; never a silent pull."""
+"""Make sure a model's image is on the engine, as ``pullPolicy`` says; never a silent pull.
+
+A pull streams the engine's JSON progress lines; each becomes a ``PullProgress`` event (one
+layer's status and bytes) carrying the pull's overall ``fraction`` from a ``PullTracker``, so
+the CLI can draw one bar and the API report one number. A pull the engine refuses (registry
+unreachable, image unknown, access denied) raises ``ImagePullFailed`` with the engine's own
+reason as soon as the engine answers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,26 +20,131 @@ from loguru import logger
 from llamaswap_docker.errors import ImageNotFound, ImagePullFailed
 from llamaswap_docker.runtime.engine import Engine
 
-__all__ = ["PullPolicy", "PullProgress", "ensure_image", "split_reference"]
+__all__ = ["PullPolicy", "PullProgress", "PullTracker", "ensure_image", "split_reference"]
 
 PullPolicy = Literal["always", "missing", "never"]
+
+#: Share of a layer's progress given to its download; extraction gets the rest.
+_DOWNLOAD_SHARE = 0.8
+#: Layer statuses the engine reports during a pull, and where each puts the layer.
+_WAITING = frozenset({"Pulling fs layer", "Waiting"})
+_DOWNLOADED = frozenset({"Verifying Checksum", "Download complete"})
+_DONE = frozenset({"Pull complete", "Already exists"})
 
 
 @dataclass(frozen=True)
 class PullProgress:
-    """One progress event of a pull: a layer's status and bytes so far."""
+    """One progress event of a pull: a layer's status and bytes so far, and the pull's share done."""
 
     image: str
     layer: str | None
     status: str
     current: int | None = None
     total: int | None = None
+    #: The whole pull's progress in [0, 1]; None until the engine has named any layer.
+    fraction: float | None = None
 
     @classmethod
     def from_engine(cls, image: str, event: dict[str, Any]) -> "PullProgress":
+        """One decoded line of the engine's pull stream."""
         detail = event.get("progressDetail") or {}
         return cls(image, event.get("id"), event.get("status", ""), detail.get("current"),
                    detail.get("total"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the API."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Layer:
+    progress: float = 0.0  # 0..1 of this layer's download + extraction
+    size: int | None = None  # compressed bytes, once the engine reports them
+    downloaded: int = 0
+    present: bool = False  # "Already exists": nothing to fetch
+
+
+class PullTracker:
+    """Aggregates a pull's per-layer events into bytes and one overall fraction.
+
+    A layer's progress is its download (80 %) then its extraction (20 %). Layers are weighted
+    by size; one whose size the engine has not reported yet weighs as much as the average known
+    layer, so the fraction does not race ahead before big layers start. Layers already on the
+    engine are no work and count for nothing. The fraction never goes back (a layer's size can
+    turn out smaller than its stand-in weight), which is what a progress bar wants.
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[str, _Layer] = {}
+        #: The engine's final status line ("Status: Downloaded newer image for ...").
+        self.final_status: str | None = None
+        self._fraction: float | None = None
+
+    def update(self, event: PullProgress) -> None:
+        """Account for one event; events that name no layer only update ``final_status``."""
+        status = event.status
+        if status.startswith("Status:"):  # the engine's last line: the pull is done
+            self.final_status, self._fraction = status, 1.0
+            return
+        if event.layer is None or not _is_layer_status(status):
+            return
+        layer = self.layers.setdefault(event.layer, _Layer())
+        if event.total and event.total > 0 and status in ("Downloading", "Extracting"):
+            layer.size = event.total
+        share = _ratio(event.current, event.total)
+        if status == "Downloading":
+            layer.downloaded = event.current or 0
+            layer.progress = max(layer.progress, _DOWNLOAD_SHARE * share)
+        elif status in _DOWNLOADED:
+            layer.downloaded = layer.size or layer.downloaded
+            layer.progress = max(layer.progress, _DOWNLOAD_SHARE)
+        elif status == "Extracting":
+            layer.downloaded = layer.size or layer.downloaded
+            layer.progress = max(layer.progress, _DOWNLOAD_SHARE + (1 - _DOWNLOAD_SHARE) * share)
+        elif status == "Already exists":
+            layer.present, layer.progress = True, 1.0
+        elif status in _DONE:
+            layer.downloaded = layer.size or layer.downloaded
+            layer.progress = 1.0
+        self._fraction = max(self._fraction or 0.0, self._estimate())
+
+    @property
+    def bytes_done(self) -> int:
+        """Bytes downloaded so far (layers already on the engine excluded)."""
+        return sum(layer.downloaded for layer in self.layers.values() if not layer.present)
+
+    @property
+    def bytes_total(self) -> int:
+        """Bytes to download, over the layers whose size the engine has reported so far."""
+        return sum(layer.size or 0 for layer in self.layers.values() if not layer.present)
+
+    @property
+    def fraction(self) -> float | None:
+        """Overall progress in [0, 1]; None before the engine names any layer."""
+        return self._fraction
+
+    def _estimate(self) -> float:
+        work = [layer for layer in self.layers.values() if not layer.present]
+        if not work:
+            return 0.0  # only present layers so far: the ones to fetch may follow
+        sizes = [layer.size for layer in work if layer.size]
+        stand_in = sum(sizes) / len(sizes) if sizes else 1.0
+        weights = [layer.size or stand_in for layer in work]
+        done = sum(weight * layer.progress for weight, layer in zip(weights, work))
+        return min(1.0, done / sum(weights))
+
+
+def _is_layer_status(status: str) -> bool:
+    return (
+        status in _WAITING or status in _DOWNLOADED or status in _DONE
+        or status in ("Downloading", "Extracting") or status.startswith("Retrying")
+    )
+
+
+def _ratio(current: int | None, total: int | None) -> float:
+    if not current or not total or total <= 0:
+        return 0.0
+    return max(0.0, min(1.0, current / total))
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -54,19 +167,32 @@ def _image_present(engine: Engine, image: str) -> bool:
     return True
 
 
+def _pull_failed(image: str, reason: Any) -> ImagePullFailed:
+    return ImagePullFailed(
+        f"pulling image {image!r} failed: {str(reason).strip()}. Check the image name and that "
+        f"the engine can reach (and is logged in to) its registry, or build or load the image "
+        f"and set pullPolicy: never"
+    )
+
+
 def _pull(engine: Engine, image: str, on_progress: Callable[[PullProgress], None] | None) -> None:
     repository, tag = split_reference(image)
-    logger.bind(image=image).info("pulling image")
+    log = logger.bind(image=image)
+    log.info("pulling image")
+    tracker = PullTracker()
     try:
         stream = engine.client.api.pull(repository, tag=tag, stream=True, decode=True)
         for event in stream:
             if "error" in event:
-                raise ImagePullFailed(f"pulling image {image!r} failed: {event['error']}")
+                reason = (event.get("errorDetail") or {}).get("message") or event["error"]
+                raise _pull_failed(image, reason)
+            progress = PullProgress.from_engine(image, event)
+            tracker.update(progress)
             if on_progress is not None:
-                on_progress(PullProgress.from_engine(image, event))
+                on_progress(dataclasses.replace(progress, fraction=tracker.fraction))
     except docker.errors.APIError as exc:
-        raise ImagePullFailed(f"pulling image {image!r} failed: {exc.explanation or exc}") from exc
-    logger.bind(image=image).info("pulled image")
+        raise _pull_failed(image, exc.explanation or exc) from exc
+    log.bind(bytes=tracker.bytes_done, layers=len(tracker.layers)).info("pulled image")
 
 
 def ensure_image(

@@ -2,19 +2,27 @@
 
 The spec is resolved from config once; its hash goes on the container as a label so a restarted
 proxy can tell whether a running container still matches the config (adopt) or not (replace).
+The model's ``platform`` and ``gpus`` become device options here (``runtime/devices.py``);
+variables the backend passes from the proxy's environment (``HF_TOKEN``) are read here too,
+kept out of the hash and out of the spec's repr.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from llamaswap_docker.runtime.devices import cdi_device_names, platform_options
 
 if TYPE_CHECKING:
     from llamaswap_docker.config import ModelConfig
 
 __all__ = ["ContainerSpec"]
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -37,21 +45,37 @@ class ContainerSpec:
     runtime: str | None = None
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()
     # Each entry: {"Driver", "Count", "DeviceIDs", "Capabilities"} as the engine takes them.
     device_requests: tuple[tuple[tuple[str, Any], ...], ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    #: Variables copied from the proxy's environment (``HF_TOKEN``): secrets, so neither in the
+    #: hash (a proxy restarted without them would replace every adopted container) nor in repr.
+    passed_env: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def from_model(cls, model_id: str, model: "ModelConfig") -> "ContainerSpec":
-        """Resolve a model's config (macros already expanded) into a container spec."""
+    def from_model(
+        cls, model_id: str, model: "ModelConfig", environ: Mapping[str, str] | None = None
+    ) -> "ContainerSpec":
+        """Resolve a model's config (macros already expanded) into a container spec.
+
+        The platform's device options fill ``devices``, ``groupAdd`` and ``runtime`` unless the
+        model's ``docker`` block sets them (then the user's list replaces the platform's: that
+        is how to pass only some ``/dev/dri`` nodes); the platform's variables come under the
+        model's ``env``. ``environ`` (default ``os.environ``) supplies the backend's pass-through
+        variables.
+        """
         options = model.docker
+        written = options.model_fields_set
+        platform = platform_options(model.platform, model.gpus, vulkan_driver=model.vulkan_driver)
+        environ = os.environ if environ is None else environ
         return cls(
             model_id=model_id,
             image=model.image,
             command=tuple(model.cmd),
             port=model.port,
-            env=tuple(sorted(model.env.items())),
+            env=tuple(sorted({**dict(platform.env), **model.env}.items())),
             volumes=tuple(model.volumes),
             entrypoint=tuple(options.entrypoint) if options.entrypoint is not None else None,
             user=options.user,
@@ -59,27 +83,48 @@ class ContainerSpec:
             ipc_mode=options.ipc,
             mem_limit=options.memory,
             nano_cpus=int(options.cpus * 1e9) if options.cpus else None,
-            devices=tuple(options.devices),
-            group_add=tuple(options.group_add),
-            runtime=options.runtime,
+            devices=tuple(options.devices) if "devices" in written else platform.devices,
+            group_add=tuple(options.group_add) if "group_add" in written else platform.group_add,
+            runtime=options.runtime if "runtime" in written else platform.runtime,
             privileged=options.privileged,
             cap_add=tuple(options.cap_add),
+            security_opt=tuple(options.security_opt),
             extra_hosts=tuple(sorted(options.extra_hosts.items())),
+            device_requests=platform.device_requests,
             labels=tuple(sorted(options.labels.items())),
+            passed_env=tuple((name, environ[name]) for name in model.pass_env if name in environ),
         )
 
     @property
     def spec_hash(self) -> str:
-        """Short stable hash of every field: equal specs, equal hashes."""
-        canonical = json.dumps(asdict(self), sort_keys=True, default=list)
+        """Short stable hash of every field but ``passed_env``: equal specs, equal hashes."""
+        fields = asdict(self)
+        del fields["passed_env"]
+        canonical = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def container_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for docker-py's ``containers.create`` (labels, name, network apart)."""
+    def container_kwargs(self, cdi: bool = False) -> dict[str, Any]:
+        """Keyword arguments for docker-py's ``containers.create`` (labels, name, network apart).
+
+        Args:
+            cdi: pass NVIDIA device requests as CDI device names (``nvidia.com/gpu=all``)
+                instead, for engines that ignore device requests (Podman's Docker API).
+        """
+        devices = list(self.devices)
+        requests = [dict(request) for request in self.device_requests]
+        if cdi:
+            kept = []
+            for request in requests:
+                names = cdi_device_names(request)
+                if names is None:
+                    kept.append(request)
+                else:
+                    devices += [name for name in names if name not in devices]
+            requests = kept
         kwargs: dict[str, Any] = {
             "image": self.image,
             "command": list(self.command) or None,
-            "environment": dict(self.env),
+            "environment": {**dict(self.env), **dict(self.passed_env)},
             "volumes": list(self.volumes),
             "detach": True,
         }
@@ -90,25 +135,27 @@ class ContainerSpec:
             "ipc_mode": self.ipc_mode,
             "mem_limit": self.mem_limit,
             "nano_cpus": self.nano_cpus,
-            "devices": list(self.devices) or None,
+            "devices": devices or None,
             "group_add": list(self.group_add) or None,
             "runtime": self.runtime,
             "privileged": self.privileged or None,
             "cap_add": list(self.cap_add) or None,
+            "security_opt": list(self.security_opt) or None,
             "extra_hosts": dict(self.extra_hosts) or None,
         }
         kwargs.update({key: value for key, value in optional.items() if value is not None})
-        if self.device_requests:
+        if requests:
             from docker.types import DeviceRequest
 
             kwargs["device_requests"] = [
                 DeviceRequest(
                     driver=request.get("Driver", ""),
                     count=request.get("Count", 0),
-                    device_ids=request.get("DeviceIDs") or None,
-                    capabilities=request.get("Capabilities") or None,
-                    options=request.get("Options") or None,
+                    device_ids=list(request.get("DeviceIDs") or ()) or None,
+                    capabilities=[list(group) for group in request.get("Capabilities") or ()]
+                    or None,
+                    options=dict(request.get("Options") or {}) or None,
                 )
-                for request in map(dict, self.device_requests)
+                for request in requests
             ]
         return kwargs

@@ -63,7 +63,7 @@ def test_model_defaults() -> None:
     assert model.send_loading_state is None and model.stop_timeout is None
     assert model.filters.stripped_params == [] and model.filters.set_params == {}
     assert model.docker.entrypoint is None and model.docker.privileged is False
-    assert (model.backend, model.platform, model.gpus) == (None, None, None)
+    assert (model.backend, model.platform, model.gpus) == ("custom", "cpu", None)
 
 
 def test_models_are_required() -> None:
@@ -252,9 +252,11 @@ def test_invalid_device_is_rejected() -> None:
     assert issue.field == "models.m.docker.devices[0]"
 
 
-def test_reserved_backend_platform_gpus_keys_are_accepted() -> None:
-    model = load(one_model("backend: vllm\nplatform: linux/amd64\ngpus: [0, 1]")).models["m"]
-    assert (model.backend, model.platform, model.gpus) == ("vllm", "linux/amd64", [0, 1])
+def test_backend_platform_gpus_keys_are_validated() -> None:
+    model = load(one_model("backend: vllm\nplatform: cuda\ngpus: [0, 1]")).models["m"]
+    assert (model.backend, model.platform, model.gpus) == ("vllm", "cuda", ["0", "1"])
+    (issue,) = errors_of(one_model("platform: linux/amd64"))
+    assert issue.field == "models.m.platform" and "'cuda'" in issue.message
 
 
 def test_model_ids_may_contain_slashes_but_not_whitespace() -> None:
