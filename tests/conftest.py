@@ -351,3 +351,26 @@ def proxy_processes(
     yield start
     for handle in started:
         handle.ensure_stopped()
+
+
+# -- small client helpers shared by the integration tests -----------------------------------------
+
+
+def chat(url: str, model: str, **extra: Any) -> httpx.Response:
+    """A small chat completion through the proxy at ``url``."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def ready_ids(url: str) -> dict[str, str]:
+    """Model id → container id of the models the proxy reports ready."""
+    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
+    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
+
+
+def container_exists(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True

@@ -14,7 +14,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO, RUN_INSTANCE, fake_model, llama_model, proxy_config_yaml, unused_tcp_port
+from tests.conftest import (
+    REPO,
+    RUN_INSTANCE,
+    fake_model,
+    llama_model,
+    proxy_config_yaml,
+    ready_ids,
+    unused_tcp_port,
+)
 
 COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
 INSTANCE = f"{RUN_INSTANCE}-compose"
@@ -88,11 +96,6 @@ def proxy_container(client: docker.DockerClient) -> docker.models.containers.Con
     return container
 
 
-def model_ids(url: str) -> dict[str, str]:
-    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
-    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
-
-
 def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_crash_and_downs_clean(
     stack, docker_client, compose_env
 ) -> None:
@@ -102,7 +105,7 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
             model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert reply.choices[0].message.content is not None
 
-    before = model_ids(stack)
+    before = ready_ids(stack)
     assert set(before) == {"vllm-like", "tiny"}
     for container_id in before.values():
         container = docker_client.containers.get(container_id)
@@ -132,7 +135,7 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
                 pass
         time.sleep(0.2)
     assert proxy.attrs["RestartCount"] >= 1
-    assert model_ids(stack) == before, "after a restart the running models must be adopted"
+    assert ready_ids(stack) == before, "after a restart the running models must be adopted"
 
     # down: the proxy stops gracefully and removes its model containers.
     subprocess.run(

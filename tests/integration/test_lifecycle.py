@@ -6,30 +6,11 @@ import concurrent.futures
 import threading
 import time
 
-import docker
-import docker.errors
 import httpx
 import pytest
 
-from tests.conftest import fake_model, llama_model, model_containers
-
-
-def chat(url: str, model: str, **extra) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
-
-
-def container_exists(client: docker.DockerClient, container_id: str) -> bool:
-    try:
-        client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
-
-
-def running_ids(url: str) -> dict[str, str]:
-    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
-    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
+from tests.conftest import chat, container_exists, fake_model, llama_model, model_containers
+from tests.conftest import ready_ids as running_ids
 
 
 def test_cold_start_on_first_request_creates_one_labelled_container(

@@ -7,32 +7,13 @@ import signal
 import threading
 import time
 
-import docker
-import docker.errors
 import httpx
 
-from tests.conftest import RUN_ID, TEST_RUN_LABEL, fake_model, model_containers
+from tests.conftest import RUN_ID, TEST_RUN_LABEL, chat, fake_model, model_containers, ready_ids
+from tests.conftest import container_exists as exists
 
 # Slow enough that a reload would be obvious next to an adoption.
 LOAD_DELAY = "3"
-
-
-def chat(url: str, model: str) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
-
-
-def ready_ids(url: str) -> dict[str, str]:
-    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
-    return {entry["model"]: entry["container_id"] for entry in running if entry["state"] == "ready"}
-
-
-def exists(client: docker.DockerClient, container_id: str) -> bool:
-    try:
-        client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def pair(**extra_a) -> dict:
