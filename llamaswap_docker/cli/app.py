@@ -103,6 +103,10 @@ def root(
     ```
     """
     ctx.meta[_DEBUG_KEY] = debug
+    if debug:
+        from llamaswap_docker.logs import configure_logging
+
+        configure_logging("debug")  # what the runtime does on the way (serve sets its own)
 
 
 @app.command(rich_help_panel=_PANEL_SERVER)
@@ -171,4 +175,8 @@ def version() -> None:
 
 def main() -> None:
     """Entry point of ``llamaswap-docker`` and ``python -m llamaswap_docker``."""
+    from llamaswap_docker.logs import configure_logging
+
+    # Commands print their own results; of the library's log only warnings belong on screen.
+    configure_logging("warn")
     app(prog_name="llamaswap-docker")

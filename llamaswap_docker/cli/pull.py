@@ -126,6 +126,12 @@ def _images(config: Config, names: list[str]) -> list[str]:
 
 
 def _pull_one(engine: Engine, image: str) -> None:
+    console = stderr()
+    if not console.is_terminal:
+        # No bar in logs and pipes (rich would leave blank lines there): one line per image.
+        stdout().print(f"{image}: pulling", markup=False)
+        ensure_image(engine, image, "always")
+        return
     tracker = PullTracker()
     progress = Progress(
         TextColumn("{task.description}"),
@@ -133,7 +139,7 @@ def _pull_one(engine: Engine, image: str) -> None:
         DownloadColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
-        console=stderr(),
+        console=console,
         transient=True,
     )
     with progress:
