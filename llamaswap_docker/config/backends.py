@@ -41,6 +41,7 @@ __all__ = [
     "BACKENDS",
     "PLATFORMS",
     "GPU_PLATFORMS",
+    "HF_CACHE_TARGET",
     "Backend",
     "Platform",
     "BackendPreset",

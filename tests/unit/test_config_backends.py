@@ -235,3 +235,16 @@ def test_example_config_pairs_vllm_and_llama_cpp_on_one_gpu_in_one_exclusive_gro
     group_id, group = config.group_of("qwen2.5-7b")
     assert config.group_of("qwen2.5-vl-7b")[0] == group_id
     assert group.swap and group.exclusive
+
+
+def test_presets_never_leak_into_other_models_defaults() -> None:
+    config = load("""\
+        models:
+          a: {backend: vllm, platform: rocm}
+          b: {image: img}
+          c: {backend: llama.cpp}
+    """)
+    assert config.models["a"].docker.ipc == "host" and config.models["a"].docker.cap_add == ["SYS_PTRACE"]
+    for plain in (config.models["b"], config.models["c"]):
+        assert plain.docker.ipc is None and plain.docker.cap_add == [] and plain.docker.security_opt == []
+    assert config.models["b"].env == {} and config.models["b"].volumes == []
