@@ -91,10 +91,13 @@ def tagged_preset_images(docker_client: docker.DockerClient, images: dict[str, s
     try:
         for ref in preset_images():
             try:
-                docker_client.images.get(ref)
-                continue  # a real one is there (a machine that can pull): use it, leave it
+                present = docker_client.images.get(ref)
             except docker.errors.ImageNotFound:
                 pass
+            else:
+                if present.id == fake.id:
+                    tagged.append(ref)  # left by an interrupted run: untag it this time
+                continue  # a real one (a machine that can pull): use it, leave it
             repository, tag = ref.rsplit(":", 1)
             assert fake.tag(repository, tag)
             tagged.append(ref)
