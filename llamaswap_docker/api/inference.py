@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
 from llamaswap_docker.api.errors import dialect_for_path, sse_error_event
 from llamaswap_docker.api.loading import LoadingStateResponse, wants_loading_state
@@ -55,14 +56,46 @@ class ClientDisconnected(Exception):
     """The client went away while its request waited."""
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client disconnects first (then cancel it)."""
+class DisconnectWatch:
+    """Watches a request for a disconnect while it waits, keeping body messages for later.
+
+    While a request waits for its model, reading ``receive`` is the only way to notice that the
+    client left; body chunks that arrive meanwhile are kept and replayed by ``receive``.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._receive = request.receive
+        self._buffered: list[Message] = []
+        self.disconnected = False
+
+    async def watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+            self._buffered.append(message)
+
+    async def receive(self) -> Message:
+        if self._buffered:
+            return self._buffered.pop(0)
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        return await self._receive()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> tuple[T, DisconnectWatch]:
+    """Await ``work`` unless the client disconnects first (then cancel it).
+
+    Returns ``work``'s result and the watch, whose ``receive`` replays buffered body messages.
+    """
+    watch = DisconnectWatch(request)
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    watcher = asyncio.ensure_future(watch.watch())
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
-            return task.result()
+            return task.result(), watch
         task.cancel()
         try:
             await task
@@ -73,13 +106,6 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def _forward_headers(request: Request, state: AppState) -> list[tuple[str, str]]:
@@ -131,7 +157,7 @@ async def forward(
     return RelayResponse(upstream, on_close=release, on_error=upstream_failed)
 
 
-async def _acquire(state: AppState, request: Request, model_id: str) -> Lease:
+async def _acquire(state: AppState, request: Request, model_id: str) -> tuple[Lease, DisconnectWatch]:
     return await until_disconnect(request, state.manager.acquire(model_id))
 
 
@@ -148,7 +174,7 @@ async def proxy_model_request(request: Request) -> Response:
     if wants_loading_state(state, model_id, request.url.path, parsed.payload):
         return LoadingStateResponse(state, request, model_id, content, forward)
     try:
-        lease = await _acquire(state, request, model_id)
+        lease, _ = await _acquire(state, request, model_id)
     except ClientDisconnected:
         return Response(status_code=499)
     return await forward(state, lease, request, request.url.path, content)
@@ -168,10 +194,11 @@ async def upstream_passthrough(request: Request, target: str) -> Response:
     state = app_state(request)
     model_id, rest = _split_upstream_target(state, target)
     try:
-        lease = await _acquire(state, request, model_id)
+        lease, watch = await _acquire(state, request, model_id)
     except ClientDisconnected:
         return Response(status_code=499)
-    content = iterate_body(request.receive) if request.method not in ("GET", "HEAD") else None
+    # Streamed through, not read first: body chunks that arrived while waiting are replayed.
+    content = iterate_body(watch.receive) if request.method not in ("GET", "HEAD") else None
     return await forward(state, lease, request, "/" + rest, content)
 
 

@@ -108,6 +108,16 @@ class LoadingStateResponse(Response):
             await body(b"", more=False)
             return
 
+        if relay.upstream.status_code != 200:
+            # Headers (200, event stream) are long sent: report the failure in-band.
+            detail = (await relay.upstream.aread()).decode("utf-8", "replace")[:500]
+            await relay.upstream.aclose()
+            await relay.on_close()
+            message = f"model {self.model_id!r} answered {relay.upstream.status_code}: {detail}"
+            await body(sse_error_event("openai", 502, message, "upstream_error"))
+            await body(b"data: [DONE]\n\n", more=False)
+            return
+
         async def send_body_only(message: Message) -> None:
             if message["type"] != "http.response.start":
                 await send(message)

@@ -12,13 +12,14 @@ from tests.conftest import ContainerFactory, wait_http_ok
 def _chat_round_trip(base_url: str, model: str) -> None:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4
+        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4, extra_body={"ignore_eos": True}
     )
     assert reply.choices[0].message.role == "assistant"
     assert reply.usage is not None and reply.usage.completion_tokens > 0
 
     chunks = list(client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True
+        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True,
+        extra_body={"ignore_eos": True},
     ))
     assert len(chunks) >= 2, "a stream of one chunk is not a stream"
     assert any(chunk.choices and chunk.choices[0].delta.content for chunk in chunks)
