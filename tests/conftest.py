@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,15 +58,36 @@ def _is_ours(labels: dict[str, str], prefix: str = RUN_INSTANCE) -> bool:
     return labels.get("io.llamaswap.instance", "").startswith(prefix)
 
 
+#: Leftovers of other test runs are reaped only past this age: a run in progress is younger.
+STALE_AFTER_S = 3600
+
+
+def _created_s(attrs: dict[str, Any]) -> float:
+    created = attrs.get("Created", "")
+    if isinstance(created, (int, float)):
+        return float(created)
+    try:
+        return datetime.fromisoformat(created[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return time.time()
+
+
 def reap(client: docker.DockerClient, prefix: str = RUN_INSTANCE) -> list[str]:
     """Remove every container, network and volume this run made; return their names.
 
-    With ``prefix="pytest-"`` it removes what any earlier (crashed) test run left behind.
+    With ``prefix="pytest-"`` it removes what earlier, killed test runs left behind (older than
+    ``STALE_AFTER_S``, so a test run going on beside this one keeps its containers).
     """
-    _is_ours_here = lambda labels: _is_ours(labels, prefix)  # noqa: E731
+    min_age = 0 if prefix == RUN_INSTANCE else STALE_AFTER_S
+
+    def _is_ours_here(labels: dict[str, str], attrs: dict[str, Any] | None = None) -> bool:
+        if not _is_ours(labels, prefix):
+            return False
+        return min_age == 0 or attrs is None or time.time() - _created_s(attrs) > min_age
+
     removed: list[str] = []
     for container in client.containers.list(all=True):
-        if _is_ours_here(container.labels):
+        if _is_ours_here(container.labels, container.attrs):
             try:
                 container.remove(force=True, v=True)
                 removed.append(container.name)
@@ -73,14 +95,14 @@ def reap(client: docker.DockerClient, prefix: str = RUN_INSTANCE) -> list[str]:
                 pass
     for network in client.networks.list():
         network.reload()
-        if _is_ours_here(network.attrs.get("Labels") or {}):
+        if _is_ours_here(network.attrs.get("Labels") or {}, network.attrs):
             try:
                 network.remove()
                 removed.append(network.name)
             except docker.errors.APIError:
                 pass
     for volume in client.volumes.list():
-        if _is_ours_here(volume.attrs.get("Labels") or {}):
+        if _is_ours_here(volume.attrs.get("Labels") or {}, volume.attrs):
             try:
                 volume.remove(force=True)
                 removed.append(volume.name)
