@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import fake_model, llama_model
+from tests.conftest import fake_model, llama_model, model_containers
 
 
 @pytest.fixture
@@ -300,3 +300,20 @@ def test_upstream_post_to_a_cold_model_streams_the_whole_body(start_proxy) -> No
                           headers={"content-type": "application/json"}, timeout=60)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["body_bytes"] == len(payload)
+
+
+def test_abandoned_load_gives_way_to_a_model_someone_waits_for(start_proxy, docker_client,
+                                                               instance_name) -> None:
+    proxy = start_proxy({
+        "slow": fake_model("--load-delay", "20"),
+        "fast": fake_model(),
+    })
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.url}/v1/completions", json={"model": "slow", "prompt": "x"}, timeout=1)
+    started = time.monotonic()
+    response = httpx.post(f"{proxy.url}/v1/completions", json={"model": "fast", "prompt": "x"},
+                          timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 10, f"the abandoned 20 s load was waited out ({elapsed:.1f}s)"
+    assert model_containers(docker_client, instance_name, "slow") == []
