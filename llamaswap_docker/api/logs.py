@@ -3,19 +3,23 @@
     GET /logs                    the proxy's recent log lines (text/plain)
     GET /logs/stream             the same, then live lines as they are logged (?no-history)
     GET /logs/stream/<model>     the model's container output, read from the engine
-                                 (?tail=N earlier lines first, -1 all; ?follow=false: only those)
+                                 (?follow=false: only the earlier lines, then end)
+
+Each takes ``?tail=N``: how many earlier lines come first (-1: all; the default for the proxy's
+log, 100 for a container's).
 
 Container output comes from the engine, not from the proxy's memory, so it is there for a
 container adopted after a restart too. Lines reach a stream from other threads (loguru sinks,
-the engine's log stream read in a worker thread); each stream has a bounded queue, and a reader
-too slow to keep up loses lines, with a note saying how many.
+the engine's log stream read in a thread of its own); each stream has a bounded queue, and a
+reader too slow to keep up loses lines, with a note saying how many. Live streams end when the
+proxy begins to shut down, so a follower does not hold up the graceful shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Request
@@ -30,6 +34,8 @@ __all__ = ["router"]
 
 #: Items a stream may hold for a slow reader before it drops lines.
 STREAM_QUEUE_LIMIT = 10_000
+#: Seconds between checks, on a quiet stream, whether the proxy is shutting down.
+SHUTDOWN_POLL_S = 0.5
 #: Headers that keep reverse proxies (nginx) from buffering a live stream.
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TEXT = "text/plain; charset=utf-8"
@@ -48,8 +54,10 @@ class _Feed(Generic[T]):
 
     _END: Any = object()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = STREAM_QUEUE_LIMIT) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], bool],
+                 limit: int = STREAM_QUEUE_LIMIT) -> None:
         self._loop = loop
+        self._stop = stop
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._limit = limit
         self.dropped = 0
@@ -73,8 +81,25 @@ class _Feed(Generic[T]):
             self._queue.put_nowait(item)
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        while (item := await self._queue.get()) is not self._END:
-            yield item
+        """Items until ``end()``, or until ``stop()`` turns true (checked while quiet)."""
+        # One get() at a time, kept across timeouts: cancelling it could lose an item.
+        getter: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
+                if not done:
+                    if self._stop():
+                        return
+                    continue
+                item, getter = getter.result(), None
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            if getter is not None:
+                getter.cancel()
 
 
 def _dropped_note(feed: _Feed[Any]) -> str:
@@ -82,22 +107,29 @@ def _dropped_note(feed: _Feed[Any]) -> str:
     return f"[llamaswap-docker: {count} log lines dropped: the reader was too slow]\n"
 
 
+TailQuery = Annotated[int, Query(ge=-1, description="earlier lines sent first; -1: all")]
+
+
+def _last(lines: list[str], tail: int) -> list[str]:
+    return lines if tail < 0 else lines[-tail:] if tail else []
+
+
 @router.get("/logs", response_class=PlainTextResponse)
-async def logs() -> PlainTextResponse:
-    """The proxy's recent log lines, oldest first."""
-    history = log_buffer.history()
+async def logs(tail: TailQuery = -1) -> PlainTextResponse:
+    """The proxy's recent log lines, oldest first (``?tail=N``: the last N)."""
+    history = _last(log_buffer.history(), tail)
     return PlainTextResponse("".join(f"{line}\n" for line in history), media_type=_TEXT)
 
 
 @router.get("/logs/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/plain": {}}}})
-async def logs_stream(request: Request) -> StreamingResponse:
+async def logs_stream(request: Request, tail: TailQuery = -1) -> StreamingResponse:
     """The proxy's log, live: recent lines first (unless ``?no-history``), then new ones."""
     with_history = "no-history" not in request.query_params
-    feed: _Feed[str] = _Feed(asyncio.get_running_loop())
+    feed: _Feed[str] = _Feed(asyncio.get_running_loop(), _shutting_down(request))
     # Subscribe before reading the history, so no line falls between the two.
     log_buffer.subscribe(feed.push)
-    history = log_buffer.history() if with_history else []
+    history = _last(log_buffer.history(), tail) if with_history else []
 
     async def lines() -> AsyncIterator[str]:
         try:
@@ -126,7 +158,7 @@ async def logs_stream(request: Request) -> StreamingResponse:
 async def model_logs_stream(
     request: Request,
     model: str,
-    tail: Annotated[int, Query(ge=-1, description="lines of earlier output sent first; -1: all")] = 100,
+    tail: TailQuery = 100,
     follow: Annotated[bool, Query(description="keep streaming new output")] = True,
 ) -> Response:
     """The output (stdout and stderr) of the model's container, as the engine has it."""
@@ -146,13 +178,19 @@ async def model_logs_stream(
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_logs, status.container_id, tail)
-    return StreamingResponse(_follow(stream, model_id), media_type=_TEXT,
-                             headers=_STREAM_HEADERS)
+    return StreamingResponse(_follow(stream, model_id, _shutting_down(request)),
+                             media_type=_TEXT, headers=_STREAM_HEADERS)
 
 
-async def _follow(stream: Iterator[bytes], model_id: str) -> AsyncIterator[bytes]:
+def _shutting_down(request: Request) -> Callable[[], bool]:
+    manager = app_state(request).manager
+    return lambda: manager.should_exit
+
+
+async def _follow(stream: Iterator[bytes], model_id: str,
+                  stop: Callable[[], bool]) -> AsyncIterator[bytes]:
     """Relay an engine log stream read in a daemon thread; closing it ends the thread."""
-    feed: _Feed[bytes] = _Feed(asyncio.get_running_loop())
+    feed: _Feed[bytes] = _Feed(asyncio.get_running_loop(), stop)
 
     def pump() -> None:
         try:

@@ -159,13 +159,11 @@ def logs(
     out = typer.get_binary_stream("stdout")
     with ProxyClient(url, api_key) as client:
         if model is None and not follow:
-            lines = client.request("GET", "/logs").text.splitlines(keepends=True)
-            shown = lines if tail < 0 else lines[-tail:] if tail else []
-            out.write("".join(shown).encode())
+            out.write(client.request("GET", "/logs", params={"tail": tail}).content)
             out.flush()
             return
         if model is None:
-            path, params = "/logs/stream", ({"no-history": ""} if tail == 0 else None)
+            path, params = "/logs/stream", {"tail": tail}
         else:
             path, params = f"/logs/stream/{model_path(model)}", {"tail": tail, "follow": str(follow).lower()}
         # Ctrl-C ends a follow: typer turns it into exit code 130, without a traceback.

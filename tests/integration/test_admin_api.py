@@ -232,3 +232,10 @@ def test_model_log_stream_stops_reading_the_engine_when_the_client_disconnects(p
     while readers() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert readers() == [], "the engine log stream was left open after the client left"
+
+
+def test_proxy_log_tail_keeps_the_last_lines(proxy) -> None:
+    every = httpx.get(f"{proxy.url}/logs").text.splitlines()
+    last_two = httpx.get(f"{proxy.url}/logs", params={"tail": 2}).text.splitlines()
+    assert len(every) > 2 and last_two == every[-2:]
+    assert httpx.get(f"{proxy.url}/logs", params={"tail": 0}).text == ""

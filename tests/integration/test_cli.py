@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import docker
 import docker.errors
 import httpx
 import pytest
+from loguru import logger
 
 from tests.conftest import (
     FAKE_UPSTREAM_IMAGE,
@@ -151,10 +153,31 @@ def test_logs_follow_prints_new_container_output_until_killed(proxy) -> None:
         process.communicate(timeout=10)
 
 
-def test_logs_without_a_model_prints_the_proxy_log(proxy) -> None:
+def test_logs_without_a_model_prints_and_follows_the_proxy_log(proxy) -> None:
     result = cli("logs", "--tail", "-1", url=proxy.url)
     assert result.returncode == 0
     assert "proxy starting" in result.stdout
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llamaswap_docker", "logs", "-f", "--tail", "0", "--url", proxy.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, bufsize=0,
+    )
+    try:
+        # Until the follow is subscribed, lines would be missed: log markers until one shows.
+        assert process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 20
+        while not selector.select(timeout=0.2):
+            assert time.monotonic() < deadline, "logs -f printed nothing"
+            logger.info("cli-follow-marker")
+        assert httpx.post(f"{proxy.url}/api/models/load/fake", timeout=30).status_code == 200
+        lines = read_lines_until(process, "model ready")
+        assert "cli-follow-marker" in lines[0]
+        assert "proxy starting" not in "".join(lines), "--tail 0 printed the history"
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
 
 
 def test_api_key_from_flag_or_environment(start_proxy) -> None:
@@ -290,3 +313,28 @@ def test_pull_of_an_image_no_registry_has_fails_in_one_line(tmp_path: Path, dock
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: pulling image 'llamaswap/does-not-exist-anywhere:never' failed")
+
+
+def test_log_followers_do_not_hold_up_a_graceful_shutdown(proxy_processes) -> None:
+    server = proxy_processes({"fake": fake_model()})
+    assert cli("load", "fake", url=server.url).returncode == 0
+    followers = [
+        subprocess.Popen([sys.executable, "-m", "llamaswap_docker", "logs", *args, "-f",
+                          "--url", server.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, bufsize=0)
+        for args in ([], ["fake"])
+    ]
+    try:
+        read_lines_until(followers[0], "proxy starting")
+        read_lines_until(followers[1], "ready")
+
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=25) == 0
+        assert time.monotonic() - started < 10, "a log follower held up the shutdown"
+        for follower in followers:
+            follower.wait(timeout=10)
+    finally:
+        for follower in followers:
+            follower.kill()
+            follower.communicate(timeout=10)
