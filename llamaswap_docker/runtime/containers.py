@@ -121,6 +121,7 @@ class Containers:
             f"listing networks named {self.network}", client.networks.list, names=[self.network]
         )
         if any(net.name == self.network for net in found):
+            self._join_network()
             return
         try:
             self.engine.run_sync(
@@ -136,6 +137,53 @@ class Containers:
             if not any(net.name == self.network for net in again):
                 raise
         logger.bind(network=self.network).info("network created")
+        self._join_network()
+
+    def _join_network(self) -> None:
+        """In network routing, make sure the proxy's own container is on the model network."""
+        if self.routing != "network":
+            return
+        own_id = own_container_id(self.engine)
+        if own_id is None:
+            return
+        attrs = self.engine.run_sync("inspecting own container",
+                                     self.engine.client.api.inspect_container, own_id)
+        attached = (attrs.get("NetworkSettings", {}).get("Networks") or {}).keys()
+        if self.network not in attached:
+            self.engine.run_sync(f"joining network {self.network}",
+                                 self.engine.client.api.connect_container_to_network,
+                                 own_id, self.network)
+            logger.bind(network=self.network, container=own_id[:12]).info(
+                "proxy container joined the model network")
+
+    def host_path_warnings(self, spec: ContainerSpec) -> list[str]:
+        """Bind sources that look like paths inside the proxy's container, not the host's.
+
+        The engine resolves volume sources on the host. When the proxy runs in a container,
+        a path under one of its own mounts (``./models:/models`` on the proxy, ``/models:...``
+        in a model) names the proxy's view; the host path is the mount's source.
+        """
+        own_id = own_container_id(self.engine)
+        if own_id is None:
+            return []
+        attrs = self.engine.run_sync("inspecting own container",
+                                     self.engine.client.api.inspect_container, own_id)
+        mounts = [(m.get("Source", ""), m.get("Destination", "")) for m in attrs.get("Mounts") or []]
+        warnings = []
+        for volume in spec.volumes:
+            source = volume.split(":", 1)[0]
+            if not source.startswith("/"):
+                continue  # a named volume
+            for host_source, destination in mounts:
+                if destination and (source == destination or source.startswith(destination.rstrip("/") + "/")):
+                    if host_source and not source.startswith(host_source):
+                        host_path = host_source + source[len(destination.rstrip("/")):]
+                        warnings.append(
+                            f"model {spec.model_id!r}: volume source {source!r} is a path inside the "
+                            f"proxy container (mounted from {host_source!r}); the engine resolves "
+                            f"volume paths on the host, so you probably mean {host_path!r}"
+                        )
+        return warnings
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ def compose_env(tmp_path_factory, tiny_model_dir: Path) -> dict[str, str]:
         {
             "vllm-like": fake_model("--mode", "vllm", "--model-name", "vllm-like", port=8000),
             "tiny": llama_model(tiny_model_dir),
+            # The common mistake: a path as the proxy container sees it, not the host's.
+            "misplaced": fake_model(volumes=["/etc/llamaswap/config.yaml:/config.yaml:ro"],
+                                    unlisted=True),
         },
         INSTANCE,
         groups={"pair": {"swap": False, "exclusive": False, "members": ["vllm-like", "tiny"]}},
@@ -113,6 +116,10 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
         assert not container.attrs["HostConfig"]["PortBindings"], "model ports must not be published"
     running = httpx.get(f"{stack}/running").json()["running"]
     assert all(entry["base_url"].startswith("http://llamaswap-") for entry in running)
+
+    proxy_log = proxy_container(docker_client).logs().decode()
+    assert "volume source '/etc/llamaswap/config.yaml' is a path inside the proxy container" in proxy_log
+    assert f"you probably mean '{compose_env['LLAMASWAP_CONFIG_FILE']}'" in proxy_log
 
     # The proxy crashes (SIGKILL under its init); compose's restart policy brings it back and it
     # adopts both model containers instead of reloading them.
