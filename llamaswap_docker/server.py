@@ -15,6 +15,7 @@ import uvicorn
 from loguru import logger
 
 from llamaswap_docker.api import create_app
+from llamaswap_docker.api.auth import warn_if_exposed
 from llamaswap_docker.config import Config, Settings, load_config, load_demo_config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.logs import configure_logging, intercept_stdlib_logging
@@ -129,6 +130,7 @@ def run_server(settings: Settings) -> int:
     config, source = load_serving_config(settings)
     configure_logging(settings.log_level or config.log_level)
     intercept_stdlib_logging(quiet=(LlamaswapError,))
+    warn_if_exposed(settings.host, config)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
     app = create_app(config, engine)
     uv_config = uvicorn.Config(

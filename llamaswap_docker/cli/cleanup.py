@@ -88,7 +88,7 @@ def cleanup(
     engine = Engine.from_settings(docker_host or (loaded.docker.host if loaded else None))
     try:
         containers = Containers(engine, instance, network, "host")
-        candidates = [_Candidate(ref, _age(engine, ref)) for ref in containers.list_owned()]
+        candidates = [_Candidate(ref, ref.age_s()) for ref in containers.list_owned()]
         owned, proxy_note = _owned_by_proxy(url, api_key)
         in_use = [c for c in candidates if _listed(c.ref.id, owned)]
         orphans = [c for c in candidates if not _listed(c.ref.id, owned)]
@@ -152,19 +152,6 @@ def _owned_by_proxy(url: str, api_key: str | None) -> tuple[set[str], str]:
 
 def _listed(container_id: str, owned: set[str]) -> bool:
     return any(container_id.startswith(i) or i.startswith(container_id) for i in owned)
-
-
-def _age(engine: Engine, ref: ContainerRef) -> float | None:
-    # ContainerRef carries no creation time (yet): ask the engine, through Engine's error map.
-    try:
-        attrs = engine.run_sync(f"inspecting container {ref.name}",
-                                engine.client.api.inspect_container, ref.id)
-        # The engine writes UTC with nanoseconds ("2026-01-01T12:00:00.123456789Z").
-        seconds = attrs["Created"].removesuffix("Z").partition(".")[0]
-        created = dt.datetime.fromisoformat(seconds).replace(tzinfo=dt.timezone.utc)
-    except (LlamaswapError, KeyError, ValueError):
-        return None
-    return (dt.datetime.now(dt.timezone.utc) - created).total_seconds()
 
 
 def _table(candidates: list[_Candidate]) -> Table:

@@ -12,6 +12,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import docker.errors
@@ -70,10 +71,18 @@ class ContainerRef:
     status: str
     #: Where the server inside answers, e.g. ``http://127.0.0.1:49153``; None if not running.
     base_url: str | None
+    #: When the engine created it (UTC), if it said.
+    created: datetime | None = None
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+    def age_s(self, now: datetime | None = None) -> float | None:
+        """Seconds since creation, or None when unknown."""
+        if self.created is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - self.created).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,17 @@ class ContainerState:
         if self.error:
             text += f": {self.error}"
         return text
+
+
+def _parse_created(value: object) -> datetime | None:
+    """The engine writes UTC with nanoseconds: ``2026-01-01T12:00:00.123456789Z``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        seconds = value.removesuffix("Z").partition(".")[0]
+        return datetime.fromisoformat(seconds).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _slug(text: str) -> str:
@@ -315,6 +335,7 @@ class Containers:
             instance=container_labels.get(labels.INSTANCE, ""),
             status=status,
             base_url=self._base_url(attrs, name, port) if status == "running" else None,
+            created=_parse_created(attrs.get("Created")),
         )
 
     @staticmethod
