@@ -8,7 +8,6 @@ its list cannot be read (wrong API key, an error), nothing is removed.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
