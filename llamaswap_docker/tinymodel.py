@@ -86,7 +86,12 @@ def write_tiny_gguf(path: Path, *, seed: int = 0) -> Path:
         writer.add_tensor(f"{prefix}.ffn_up.weight", weights(_N_FF, _N_EMBD))
         writer.add_tensor(f"{prefix}.ffn_down.weight", weights(_N_EMBD, _N_FF))
     writer.add_tensor("output_norm.weight", np.ones(_N_EMBD, dtype=np.float32))
-    writer.add_tensor("output.weight", weights(n_vocab, _N_EMBD))
+    # Output rows: zero for the control and byte tokens, large for the text pieces, so the model
+    # writes whole UTF-8 pieces — llama-server holds back partial UTF-8 bytes, which would turn
+    # a stream into one final chunk.
+    output = np.zeros((n_vocab, _N_EMBD), dtype=np.float32)
+    output[259:] = weights(len(_PIECES), _N_EMBD) * 50
+    writer.add_tensor("output.weight", output)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
