@@ -17,6 +17,7 @@ from llamaswap_docker.cli import cleanup as cleanup_command
 from llamaswap_docker.cli import config as config_commands
 from llamaswap_docker.cli import pull as pull_command
 from llamaswap_docker.cli import remote
+from llamaswap_docker.cli.client import DockerHostOption
 from llamaswap_docker.cli.output import print_error
 from llamaswap_docker.errors import LlamaswapError
 
@@ -119,9 +120,7 @@ def serve(
         help="host:port to serve on [default: 127.0.0.1:8080].")] = None,
     watch_config: Annotated[bool, typer.Option(
         "--watch-config", help="Reload the config when the file changes.")] = False,
-    docker_host: Annotated[Optional[str], typer.Option(
-        "--docker-host", show_default=False,
-        help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")] = None,
+    docker_host: DockerHostOption = None,
     log_level: Annotated[Optional[str], typer.Option(
         "--log-level", show_default=False, help="debug, info, warn or error.")] = None,
 ) -> None:

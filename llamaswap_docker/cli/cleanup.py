@@ -19,6 +19,7 @@ from rich.text import Text
 from llamaswap_docker.cli.client import (
     DEFAULT_URL,
     ApiKeyOption,
+    DockerHostOption,
     ProxyClient,
     ProxyRequestFailed,
     ProxyUnreachable,
@@ -58,9 +59,7 @@ def cleanup(
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", envvar="LLAMASWAP_CONFIG", show_envvar=True, dir_okay=False,
         show_default=False, help="Config naming the instance and the Docker engine.")] = None,
-    docker_host: Annotated[Optional[str], typer.Option(
-        "--docker-host", show_default=False,
-        help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")] = None,
+    docker_host: DockerHostOption = None,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:

@@ -33,6 +33,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 UrlOption = Annotated[str, typer.Option(
     "--url", envvar="LLAMASWAP_URL", show_envvar=True, metavar="URL",
     help="The running proxy.")]
+DockerHostOption = Annotated[str | None, typer.Option(
+    "--docker-host", show_default=False,
+    help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")]
 ApiKeyOption = Annotated[str | None, typer.Option(
     "--api-key", envvar="LLAMASWAP_API_KEY", show_envvar=True, show_default=False,
     help="Key for a proxy with apiKeys.")]

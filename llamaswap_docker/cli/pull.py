@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from llamaswap_docker.cli.client import DockerHostOption
 from llamaswap_docker.cli.output import print_error, stderr, stdout
 from llamaswap_docker.config import Config, load_config
 from llamaswap_docker.errors import LlamaswapError, ModelNotFound
@@ -68,9 +69,7 @@ def pull(
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", envvar="LLAMASWAP_CONFIG", show_envvar=True, dir_okay=False,
         show_default=False, help="Config file [default: the built-in demo].")] = None,
-    docker_host: Annotated[Optional[str], typer.Option(
-        "--docker-host", show_default=False,
-        help="Docker engine URL [default: the config's docker.host, DOCKER_HOST, the local socket].")] = None,
+    docker_host: DockerHostOption = None,
 ) -> None:
     """Pull the images of configured models now, rather than on their first request.
 

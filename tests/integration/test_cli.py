@@ -23,6 +23,7 @@ from tests.conftest import (
     RUN_ID,
     RUN_INSTANCE,
     TEST_RUN_LABEL,
+    container_exists as exists,
     fake_model,
     model_containers,
     unused_tcp_port,
@@ -218,14 +219,6 @@ def plant(client: docker.DockerClient, labels: dict[str, str], name: str) -> doc
         FAKE_UPSTREAM_IMAGE, ["--port", "8080"], detach=True, name=f"{name}-{RUN_ID}-{time.monotonic_ns() % 10**6}",
         labels={TEST_RUN_LABEL: RUN_ID, **labels},
     )
-
-
-def exists(client: docker.DockerClient, container_id: str) -> bool:
-    try:
-        client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def test_cleanup_lists_then_removes_only_the_instances_orphans(docker_client, images, instance_name) -> None:
