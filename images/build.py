@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the local images llamaswap-docker's demo and tests run, with no registry.
 
-Idempotent: an image that already exists is left alone (``--force`` rebuilds).
+Idempotent: an image built from the current inputs is left alone; one whose Dockerfile folder
+(or, for the proxy, the package) changed since is rebuilt (``--force`` rebuilds regardless).
 
 Two sources for the base images:
 
@@ -24,6 +25,7 @@ Usage: ``python images/build.py [--source local|registry] [--force] [--only NAME
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -123,6 +125,36 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
     return True
 
 
+#: Label holding the hash of what an image was built from: a changed input means a rebuild.
+INPUTS_LABEL = "io.llamaswap.build-inputs"
+
+
+def build_inputs_hash(spec: DockerfileImage) -> str:
+    """Hash of the build context (and, for the proxy, of the package it installs)."""
+    roots = [IMAGES_DIR / spec.context]
+    if spec.tag == PROXY:
+        roots += [REPO_DIR / "llamaswap_docker", REPO_DIR / "pyproject.toml"]
+    digest = hashlib.sha256()
+    for root in roots:
+        files = [root] if root.is_file() else sorted(
+            path for path in root.rglob("*")
+            if path.is_file() and "wheelhouse" not in path.parts and "__pycache__" not in path.parts
+        )
+        for path in files:
+            digest.update(str(path.relative_to(REPO_DIR)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_up_to_date(client: docker.DockerClient, spec: DockerfileImage) -> bool:
+    """The image exists and was built from the inputs as they are now."""
+    try:
+        image = client.images.get(spec.tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return (image.labels or {}).get(INPUTS_LABEL) == build_inputs_hash(spec)
+
+
 def build_rootfs(client: docker.DockerClient, spec: Rootfs) -> None:
     """debootstrap a minimal root filesystem and import it as an image."""
     if shutil.which("debootstrap") is None:
@@ -180,6 +212,7 @@ def build_dockerfile(client: docker.DockerClient, spec: DockerfileImage, source:
             path=str(IMAGES_DIR / spec.context),
             tag=spec.tag,
             buildargs={"BASE_IMAGE": base, **spec.extra_args},
+            labels={INPUTS_LABEL: build_inputs_hash(spec)},
             pull=source == "registry",
             rm=True,
             forcerm=True,
@@ -198,12 +231,16 @@ def ensure_images(
     force: bool = False,
     client: docker.DockerClient | None = None,
 ) -> list[str]:
-    """Build each named image (and its base) unless it exists; return the tags built."""
+    """Build each named image (and its base) unless it is up to date; return the tags built.
+
+    Up to date: it exists and its ``INPUTS_LABEL`` matches the build inputs now, so an edited
+    fake server or proxy is rebuilt instead of silently tested as it was.
+    """
     client = client or docker.from_env()
     built: list[str] = []
     for name in names:
         spec = BUILDS[name]
-        if image_exists(client, spec.tag) and not force:
+        if image_up_to_date(client, spec) and not force:
             continue
         if source == "local" and not image_exists(client, spec.local_base):
             build_rootfs(client, ROOTFS[spec.local_base])
@@ -230,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "`apt-get install -y docker.io` first) or set DOCKER_HOST."
         ) from exc
     built = ensure_images(tuple(args.only), source=args.source, force=args.force, client=client)
-    log(f"up to date ({len(built)} built): {', '.join(args.only)}")
+    log(f"up to date: {', '.join(args.only)} ({len(built)} built: {', '.join(built) or 'none'})")
     return 0
 
 
