@@ -15,7 +15,13 @@ from typing import Any
 from llamaswap_docker.config import ModelConfig
 from llamaswap_docker.errors import RequestError
 
-__all__ = ["ModelRequest", "parse_model_request", "rewrite_body", "multipart_field"]
+__all__ = [
+    "ModelRequest",
+    "multipart_field",
+    "parse_model_request",
+    "replace_multipart_field",
+    "rewrite_body",
+]
 
 
 @dataclass
@@ -26,24 +32,45 @@ class ModelRequest:
     body: bytes
     #: The parsed JSON body, when it was JSON (None for multipart and others).
     payload: dict[str, Any] | None
+    content_type: str = ""
+
+
+def _multipart_delimiter(content_type: str) -> bytes | None:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary" and value.strip('"'):
+            return b"--" + value.strip('"').encode()
+    return None
+
+
+def _is_text_field(head: bytes, name: str) -> bool:
+    return f'name="{name}"'.encode() in head and b"filename=" not in head
 
 
 def multipart_field(body: bytes, content_type: str, name: str) -> str | None:
     """The value of a small text field in a multipart/form-data body, or None."""
-    boundary = None
-    for part in content_type.split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not boundary:
+    delimiter = _multipart_delimiter(content_type)
+    if delimiter is None:
         return None
-    delimiter = b"--" + boundary.encode()
-    wanted = f'name="{name}"'.encode()
     for section in body.split(delimiter):
         head, sep, value = section.partition(b"\r\n\r\n")
-        if sep and wanted in head and b"filename=" not in head:
+        if sep and _is_text_field(head, name):
             return value.removesuffix(b"\r\n").decode("utf-8", "replace").strip()
     return None
+
+
+def replace_multipart_field(body: bytes, content_type: str, name: str, value: str) -> bytes:
+    """``body`` with text field ``name`` set to ``value`` (unchanged when there is none)."""
+    delimiter = _multipart_delimiter(content_type)
+    if delimiter is None:
+        return body
+    sections = body.split(delimiter)
+    for index, section in enumerate(sections):
+        head, sep, _ = section.partition(b"\r\n\r\n")
+        if sep and _is_text_field(head, name):
+            sections[index] = head + sep + value.encode() + b"\r\n"
+            return delimiter.join(sections)
+    return body
 
 
 def _looks_like_json(media_type: str, body: bytes) -> bool:
@@ -83,13 +110,16 @@ def parse_model_request(body: bytes, content_type: str, query_model: str | None)
             "the request names no model: set \"model\" in the JSON body "
             "(or the 'model' form field, or ?model=); GET /v1/models lists them"
         )
-    return ModelRequest(model, body, payload)
+    return ModelRequest(model, body, payload, content_type)
 
 
 def rewrite_body(request: ModelRequest, model: ModelConfig) -> bytes:
     """The body to forward: the original bytes unless ``useModelName`` or filters change it."""
     payload = request.payload
     if payload is None:
+        if model.use_model_name and request.content_type.lower().startswith("multipart/form-data"):
+            return replace_multipart_field(request.body, request.content_type, "model",
+                                           model.use_model_name)
         return request.body
     changes: dict[str, Any] = {}
     if model.use_model_name and payload.get("model") != model.use_model_name:

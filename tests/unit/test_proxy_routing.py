@@ -1,0 +1,81 @@
+"""Finding a request's model and rewriting its body: pure logic, no engine."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from llamaswap_docker.config import load_config_text
+from llamaswap_docker.errors import RequestError
+from llamaswap_docker.proxy import parse_model_request, request_headers, rewrite_body
+from llamaswap_docker.proxy.routing import multipart_field, replace_multipart_field
+
+CONFIG = load_config_text("""
+models:
+  plain: {image: x}
+  renamed: {image: x, useModelName: served-name}
+  filtered: {image: x, filters: {stripParams: "temperature, top_p", setParams: {top_k: 5}}}
+""")
+
+
+def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+    request = httpx.Request("POST", "http://x", data=fields,
+                            files={k: (f"{k}.bin", v) for k, v in files.items()})
+    return request.read(), request.headers["content-type"]
+
+
+def test_model_comes_from_json_body_form_field_or_query() -> None:
+    assert parse_model_request(b'{"model": "a"}', "application/json", None).model_name == "a"
+    body, content_type = multipart({"model": "b"}, {"file": b"\x00" * 100})
+    assert parse_model_request(body, content_type, None).model_name == "b"
+    assert parse_model_request(b"", "", "c").model_name == "c"
+    # `curl -d` sends JSON labelled as a form.
+    assert parse_model_request(b'{"model": "d"}', "application/x-www-form-urlencoded", None).model_name == "d"
+    assert parse_model_request(b"model=e&x=1", "application/x-www-form-urlencoded", None).model_name == "e"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"{oops", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'{"messages": []}', "names no model"),
+])
+def test_bad_bodies_raise_request_error(body: bytes, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_model_request(body, "application/json", None)
+
+
+def test_unchanged_body_is_forwarded_as_the_same_bytes() -> None:
+    body = b'{"model": "plain",   "messages": []}'
+    request = parse_model_request(body, "application/json", None)
+    assert rewrite_body(request, CONFIG.models["plain"]) is body
+
+
+def test_use_model_name_and_filters_rewrite_json() -> None:
+    request = parse_model_request(b'{"model": "renamed", "x": 1}', "application/json", None)
+    assert json.loads(rewrite_body(request, CONFIG.models["renamed"])) == {"model": "served-name", "x": 1}
+
+    request = parse_model_request(
+        b'{"model": "filtered", "temperature": 0.1, "top_p": 0.9, "n": 1}', "application/json", None)
+    assert json.loads(rewrite_body(request, CONFIG.models["filtered"])) == {
+        "model": "filtered", "n": 1, "top_k": 5}
+
+
+def test_use_model_name_rewrites_the_multipart_model_field_only() -> None:
+    audio = bytes(range(256)) * 10
+    body, content_type = multipart({"model": "renamed", "language": "en"}, {"file": audio})
+    request = parse_model_request(body, content_type, None)
+    rewritten = rewrite_body(request, CONFIG.models["renamed"])
+    assert multipart_field(rewritten, content_type, "model") == "served-name"
+    assert multipart_field(rewritten, content_type, "language") == "en"
+    assert audio in rewritten
+    assert replace_multipart_field(body, content_type, "absent", "v") == body
+
+
+def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
+    headers = [("Host", "proxy"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"),
+               ("Keep-Alive", "5"), ("TE", "trailers"), ("Content-Length", "3"),
+               ("Authorization", "Bearer k"), ("X-Kept", "yes")]
+    forwarded = dict(request_headers(headers, drop=("authorization",)))
+    assert forwarded == {"X-Kept": "yes"}
