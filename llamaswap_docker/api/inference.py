@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import httpx
+from loguru import logger
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
@@ -21,7 +22,7 @@ from llamaswap_docker.api.state import AppState, app_state
 from llamaswap_docker.errors import ModelNotFound, UpstreamUnavailable
 from llamaswap_docker.lifecycle import Lease
 from llamaswap_docker.proxy import RelayResponse, parse_model_request, request_headers, rewrite_body
-from llamaswap_docker.proxy.upstream import iterate_body
+from llamaswap_docker.proxy.upstream import ClientBodyInterrupted, iterate_body
 
 __all__ = ["router", "INFERENCE_PATHS", "forward"]
 
@@ -129,7 +130,19 @@ async def forward(
     )
     dialect = dialect_for_path(request.url.path)
     try:
-        upstream = await state.http.send(upstream_request, stream=True)
+        if isinstance(content, (bytes, type(None))):
+            # Headers may take as long as the whole generation (non-streaming): a client that
+            # leaves meanwhile must cancel the upstream request, not wait for it.
+            upstream, _ = await until_disconnect(
+                request, state.http.send(upstream_request, stream=True))
+        else:
+            # A streamed body reads the client itself; a disconnect ends it with an error.
+            upstream = await state.http.send(upstream_request, stream=True)
+    except (ClientDisconnected, ClientBodyInterrupted):
+        lease.release()
+        logger.bind(model=lease.model_id, path=path).info(
+            "client disconnected, upstream request cancelled")
+        return Response(status_code=499)
     except httpx.HTTPError as exc:
         try:
             reason = await state.manager.report_upstream_failure(lease)
@@ -192,7 +205,7 @@ for _path in INFERENCE_PATHS:
 async def upstream_passthrough(request: Request, target: str) -> Response:
     """``/upstream/<model>/<path>``: direct access to a model's server, loading it if needed."""
     state = app_state(request)
-    model_id, rest = _split_upstream_target(state, target)
+    model_id, rest = _split_upstream_target(state, target, request.scope.get("raw_path"))
     try:
         lease, watch = await _acquire(state, request, model_id)
     except ClientDisconnected:
@@ -202,12 +215,21 @@ async def upstream_passthrough(request: Request, target: str) -> Response:
     return await forward(state, lease, request, "/" + rest, content)
 
 
-def _split_upstream_target(state: AppState, target: str) -> tuple[str, str]:
-    """Longest prefix of ``target`` naming a model (ids may contain '/')."""
+def _split_upstream_target(
+    state: AppState, target: str, raw_path: bytes | None = None
+) -> tuple[str, str]:
+    """Longest prefix of ``target`` naming a model (ids may contain '/'), and the rest.
+
+    The rest is taken from the raw (still percent-encoded) path when it lines up, so ``%2F``
+    or ``%3F`` reach the model server as the client wrote them.
+    """
     parts = target.split("/")
+    raw_parts = raw_path.decode("latin-1").split("/")[2:] if raw_path else []
     for cut in range(len(parts), 0, -1):
         model_id = state.config.resolve("/".join(parts[:cut]))
         if model_id is not None:
+            if len(raw_parts) == len(parts):
+                return model_id, "/".join(raw_parts[cut:])
             return model_id, "/".join(parts[cut:])
     raise ModelNotFound(
         f"no model in /upstream/{target}; GET /v1/models lists the models you can use"

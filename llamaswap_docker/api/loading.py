@@ -29,7 +29,7 @@ __all__ = ["LoadingStateResponse", "wants_loading_state", "PROGRESS_INTERVAL_S"]
 #: Seconds between progress deltas while the model starts.
 PROGRESS_INTERVAL_S = 1.0
 
-Forward = Callable[[AppState, Lease, Request, str, Any], Awaitable[RelayResponse]]
+Forward = Callable[[AppState, Lease, Request, str, Any], Awaitable[Response]]
 
 
 def wants_loading_state(
@@ -78,41 +78,27 @@ class LoadingStateResponse(Response):
 
         started = time.monotonic()
         await body(self._delta(f"Loading model {self.model_id}…\n"))
-        acquire = asyncio.ensure_future(self.state.manager.acquire(self.model_id))
-        disconnect = asyncio.ensure_future(_disconnected(receive))
-        try:
-            while not acquire.done():
-                await asyncio.wait({acquire, disconnect}, timeout=PROGRESS_INTERVAL_S,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if disconnect.done():
-                    acquire.cancel()
-                    return
-                if not acquire.done():
-                    elapsed = time.monotonic() - started
-                    progress = self.state.manager.describe_progress(self.model_id)
-                    await body(self._delta(f"{progress} ({elapsed:.0f}s)\n"))
-        finally:
-            disconnect.cancel()
-        try:
-            lease = acquire.result()
-        except LlamaswapError as exc:
-            await body(sse_error_event("openai", exc.status_code, exc.message, exc.code))
-            await body(b"data: [DONE]\n\n", more=False)
+        lease = await self._wait_for_model(receive, body, started)
+        if lease is None:
             return
         await body(self._delta(f"Model {self.model_id} ready in {time.monotonic() - started:.1f}s.\n\n"))
         try:
             relay = await self.forward(self.state, lease, self.request, self.request.url.path,
                                        self.content)
-        except LlamaswapError as exc:
+        except LlamaswapError as exc:  # forward released the lease
             await body(sse_error_event("openai", exc.status_code, exc.message, exc.code))
             await body(b"", more=False)
             return
+        if not isinstance(relay, RelayResponse):
+            return  # the client left while the request was sent (forward released the lease)
 
         if relay.upstream.status_code != 200:
             # Headers (200, event stream) are long sent: report the failure in-band.
-            detail = (await relay.upstream.aread()).decode("utf-8", "replace")[:500]
-            await relay.upstream.aclose()
-            await relay.on_close()
+            try:
+                detail = (await relay.upstream.aread()).decode("utf-8", "replace")[:500]
+            finally:
+                await relay.upstream.aclose()
+                await relay.on_close()
             message = f"model {self.model_id!r} answered {relay.upstream.status_code}: {detail}"
             await body(sse_error_event("openai", 502, message, "upstream_error"))
             await body(b"data: [DONE]\n\n", more=False)
@@ -123,6 +109,38 @@ class LoadingStateResponse(Response):
                 await send(message)
 
         await relay(scope, receive, send_body_only)
+
+    async def _wait_for_model(
+        self, receive: Receive, body: Callable[..., Awaitable[None]], started: float
+    ) -> Lease | None:
+        """Stream progress until the model admits the request; None if the client left or the
+        start failed (then the error event is already sent). Never leaks an admission."""
+        acquire = asyncio.ensure_future(self.state.manager.acquire(self.model_id))
+        disconnect = asyncio.ensure_future(_disconnected(receive))
+        lease: Lease | None = None
+        try:
+            while not acquire.done():
+                await asyncio.wait({acquire, disconnect}, timeout=PROGRESS_INTERVAL_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if disconnect.done():
+                    return None
+                if not acquire.done():
+                    elapsed = time.monotonic() - started
+                    progress = self.state.manager.describe_progress(self.model_id)
+                    await body(self._delta(f"{progress} ({elapsed:.0f}s)\n"))
+            try:
+                lease = acquire.result()
+            except LlamaswapError as exc:
+                await body(sse_error_event("openai", exc.status_code, exc.message, exc.code))
+                await body(b"data: [DONE]\n\n", more=False)
+                return None
+            return lease
+        finally:
+            disconnect.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            elif lease is None and not acquire.cancelled() and acquire.exception() is None:
+                acquire.result().release()  # admitted as the client left
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -43,6 +43,8 @@ __all__ = ["Lease", "ModelManager"]
 TTL_CHECK_INTERVAL_S = 0.5
 #: Inspections (0.1 s apart) after a failed upstream call before calling the container alive.
 UPSTREAM_FAILURE_RECHECKS = 5
+#: Death reasons remembered for requests still in flight on a dead container.
+MAX_DEATH_REASONS = 256
 #: Log lines of a failed container quoted in its error.
 LOG_TAIL_LINES = 15
 
@@ -50,13 +52,14 @@ LOG_TAIL_LINES = 15
 class Lease:
     """A request's hold on a ready model; ``release()`` when the response is finished."""
 
-    def __init__(self, manager: "ModelManager", runtime: ModelRuntime) -> None:
-        assert runtime.container is not None and runtime.container.base_url is not None
+    def __init__(self, manager: "ModelManager", runtime: ModelRuntime, container: ContainerRef) -> None:
+        # The container is fixed at admission: if it dies later, this lease still names the one
+        # the request was admitted to (and its death reason).
         self._manager = manager
         self._runtime = runtime
         self.model_id = runtime.model_id
-        self.container: ContainerRef = runtime.container
-        self.base_url: str = runtime.container.base_url
+        self.container = container
+        self.base_url: str = container.base_url or ""
         self.released = False
 
     def release(self) -> None:
@@ -68,7 +71,8 @@ class Lease:
 @dataclass(eq=False)
 class _Waiter:
     model_id: str
-    future: asyncio.Future[None]
+    #: Resolved with the container the request is admitted to.
+    future: asyncio.Future[ContainerRef]
 
 
 @dataclass(eq=False)
@@ -188,22 +192,26 @@ class ModelManager:
             ModelStartFailed: the container could not be started.
         """
         runtime = self._runtime(model_id)
-        limit = self.config.models[model_id].concurrency_limit
+        model = self.config.models.get(model_id)
+        if model is None:  # removed by a config reload since the request was resolved
+            raise ModelNotFound(f"model {model_id!r} is not configured")
+        limit = model.concurrency_limit
         if limit and runtime.in_flight + self._waiting(model_id) >= limit:
             raise ConcurrencyLimitExceeded(
                 f"model {model_id!r} already has {limit} requests in flight (concurrencyLimit)",
                 retry_after=1,
             )
-        if runtime.state is ModelState.READY and not runtime.draining:
+        if self._admissible(runtime):
+            assert runtime.container is not None
             runtime.in_flight += 1
-            return Lease(self, runtime)
+            return Lease(self, runtime, runtime.container)
         if self.should_exit:
             raise ModelStopped("the proxy is shutting down")
         waiter = _Waiter(model_id, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._wake.set()
         try:
-            await waiter.future
+            container = await waiter.future
         except asyncio.CancelledError:
             # The client left: drop its place in the queue, or give back an admission that
             # raced with the cancellation.
@@ -213,7 +221,7 @@ class ModelManager:
                 self._release(runtime)
             self._wake.set()
             raise
-        return Lease(self, runtime)
+        return Lease(self, runtime, container)
 
     @contextlib.asynccontextmanager
     async def lease(self, model_id: str) -> AsyncIterator[Lease]:
@@ -277,6 +285,8 @@ class ModelManager:
                 )
                 ref = runtime.container
                 self._death_reasons[container_id] = reason
+                while len(self._death_reasons) > MAX_DEATH_REASONS:
+                    self._death_reasons.pop(next(iter(self._death_reasons)))
                 runtime.state, runtime.container = ModelState.FAILED, None
                 runtime.failure, runtime.draining = reason, False
                 self._spawn(self._stop_ref(ref, "container died"))
@@ -288,6 +298,8 @@ class ModelManager:
         now = time.monotonic()
         snapshot = []
         for model_id in sorted(self.models):
+            if model_id not in self.config.models:
+                continue  # being removed by a config reload
             runtime = self.models[model_id]
             ttl = self.config.effective_ttl(model_id)
             ttl_left = None
@@ -350,9 +362,12 @@ class ModelManager:
                 if not waiter.future.done():
                     waiter.future.set_exception(ModelNotFound(
                         f"model {waiter.model_id!r} was removed from the config"))
-            await self._unload_now(removed, "removed from config")
-            for model_id in removed:
-                self.models.pop(model_id, None)
+            try:
+                await self._unload_now(removed, "removed from config")
+            finally:
+                for model_id in removed:
+                    if self.models.get(model_id) and self.models[model_id].container is None:
+                        self.models.pop(model_id, None)
         if changed:
             await self._unload_now(changed, "config changed")
 
@@ -408,9 +423,10 @@ class ModelManager:
             runtime = self.models[waiter.model_id]
             if waiter.future.done():
                 self._waiters.remove(waiter)
-            elif runtime.state is ModelState.READY and not runtime.draining:
+            elif self._admissible(runtime):
+                assert runtime.container is not None
                 runtime.in_flight += 1
-                waiter.future.set_result(None)
+                waiter.future.set_result(runtime.container)
                 self._waiters.remove(waiter)
 
     def _next_operation(self) -> _Unload | _BringUp | None:
@@ -422,6 +438,9 @@ class ModelManager:
         return None
 
     async def _run(self, operation: _Unload | _BringUp) -> None:
+        # Operations run one at a time: none is draining a model when the next begins.
+        for runtime in self.models.values():
+            runtime.draining = False
         try:
             if isinstance(operation, _BringUp):
                 await self._bring_up(operation.model_id)
@@ -429,8 +448,22 @@ class ModelManager:
                 await self._unload(operation)
         except Exception as exc:  # noqa: BLE001 - the pump must survive any one operation
             logger.opt(exception=exc).error("operation failed: {}", exc)
-            if isinstance(operation, _Unload) and operation.future and not operation.future.done():
-                operation.future.set_exception(exc)
+            if isinstance(operation, _Unload):
+                if operation.future and not operation.future.done():
+                    operation.future.set_exception(exc)
+            else:
+                # Whatever went wrong (an evicted model that would not stop, an engine timeout),
+                # the requests waiting for this model get an answer instead of a retry loop.
+                model_id = operation.model_id
+                message = exc.message if isinstance(exc, LlamaswapError) else f"{type(exc).__name__}: {exc}"
+                error = ModelStartFailed(f"model {model_id!r} could not be brought up: {message}")
+                runtime = self.models.get(model_id)
+                if runtime is not None and runtime.state is not ModelState.READY:
+                    runtime.state, runtime.failure = ModelState.FAILED, error.message
+                self._fail_waiters(model_id, error)
+            for runtime in self.models.values():
+                if runtime.state is ModelState.READY:
+                    runtime.draining = False
         finally:
             self._tasks.busy = None
             self._wake.set()
@@ -505,7 +538,14 @@ class ModelManager:
                 f"preparing image for {model_id}",
                 ensure_image, self.containers.engine, spec.image, self.config.docker.pull_policy,
             )
-            runtime.container = await asyncio.to_thread(self.containers.create, spec)
+            creating = asyncio.ensure_future(asyncio.to_thread(self.containers.create, spec))
+            try:
+                runtime.container = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # The engine creates it anyway: keep hold of it so the cleanup below removes it.
+                with contextlib.suppress(Exception):
+                    runtime.container = await creating
+                raise
             runtime.container = await asyncio.to_thread(
                 self.containers.start, runtime.container.id, spec.port
             )
@@ -521,6 +561,7 @@ class ModelManager:
             )
             if outcome is None:
                 runtime.state, runtime.ready_since = ModelState.READY, time.monotonic()
+                runtime.draining = False
                 runtime.last_used = runtime.ready_since
                 log.bind(seconds=f"{runtime.ready_since - started:.2f}").info("model ready")
                 return
@@ -538,16 +579,28 @@ class ModelManager:
                     + (f"; last log lines:\n{tail}" if tail else "")
                 )
             raise ModelStartFailed(f"model {model_id!r} failed to start: {reason}")
-        except LlamaswapError as exc:
-            error = exc if isinstance(exc, ModelStartFailed) else type(exc)(
-                f"model {model_id!r} failed to start: {exc.message}"
-            )
+        except Exception as exc:  # noqa: BLE001 - any failure must answer the waiters
+            if isinstance(exc, ModelStartFailed):
+                error: LlamaswapError = exc
+            elif isinstance(exc, LlamaswapError):
+                error = type(exc)(f"model {model_id!r} failed to start: {exc.message}")
+            else:
+                logger.opt(exception=exc).error("unexpected error starting {}", model_id)
+                error = ModelStartFailed(f"model {model_id!r} failed to start: {type(exc).__name__}: {exc}")
             log.bind(error=error.message.splitlines()[0]).error("model start failed")
-            if runtime.container is not None:
-                ref, runtime.container = runtime.container, None
-                await self._stop_ref(ref, "start failed")
-            runtime.state, runtime.failure = ModelState.FAILED, error.message
-            self._fail_waiters(model_id, error)
+            # Remove the failed container first, so a client that gets the error finds it gone;
+            # the waiters are answered whatever the removal does.
+            try:
+                if runtime.container is not None:
+                    ref = runtime.container
+                    await self._stop_ref(ref, "start failed")
+                    runtime.container = None
+            except Exception as stop_error:  # noqa: BLE001 - already failing; keep the first error
+                logger.bind(model=model_id).error("could not remove the failed container: {}",
+                                                  stop_error)
+            finally:
+                runtime.state, runtime.failure = ModelState.FAILED, error.message
+                self._fail_waiters(model_id, error)
         except asyncio.CancelledError:
             if runtime.container is not None:
                 ref, runtime.container = runtime.container, None
@@ -563,10 +616,14 @@ class ModelManager:
         runtime.state = ModelState.STOPPING
         try:
             await self._stop_ref(runtime.container, reason)
-        except LlamaswapError as exc:
-            runtime.state, runtime.failure, runtime.draining = ModelState.FAILED, exc.message, False
+        except Exception as exc:
+            # The container is still recorded: a later swap or unload tries again.
+            message = exc.message if isinstance(exc, LlamaswapError) else f"{type(exc).__name__}: {exc}"
+            runtime.state, runtime.failure = ModelState.FAILED, f"stop failed: {message}"
             raise
-        runtime.state, runtime.container, runtime.draining = ModelState.STOPPED, None, False
+        finally:
+            runtime.draining = False
+        runtime.state, runtime.container = ModelState.STOPPED, None
         runtime.ready_since = None
 
     async def _stop_ref(self, ref: ContainerRef, reason: str) -> None:
@@ -629,6 +686,15 @@ class ModelManager:
         except KeyError:
             raise ModelNotFound(f"model {model_id!r} is not configured") from None
 
+    @staticmethod
+    def _admissible(runtime: ModelRuntime) -> bool:
+        return (
+            runtime.state is ModelState.READY
+            and not runtime.draining
+            and runtime.container is not None
+            and runtime.container.base_url is not None
+        )
+
     def _waiting(self, model_id: str) -> int:
         return sum(1 for w in self._waiters if w.model_id == model_id and not w.future.done())
 
@@ -648,7 +714,13 @@ class ModelManager:
     def _spawn(self, coroutine: object) -> None:
         task = asyncio.create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.background.add(task)
-        task.add_done_callback(self._tasks.background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.opt(exception=task.exception()).error("background task failed: {}",
+                                                         task.exception())
 
     async def _preload(self, model_id: str) -> None:
         try:
@@ -659,19 +731,27 @@ class ModelManager:
     async def _ttl_loop(self) -> None:
         while True:
             await asyncio.sleep(TTL_CHECK_INTERVAL_S)
-            now = time.monotonic()
-            queued = {m for op in self._unloads for m in op.model_ids}
-            for model_id, runtime in self.models.items():
-                ttl = self.config.effective_ttl(model_id)
-                if (
-                    ttl > 0
-                    and runtime.state is ModelState.READY
-                    and not runtime.in_flight
-                    and not runtime.draining
-                    and not self._waiting(model_id)
-                    and model_id not in queued
-                    and now - runtime.last_used >= ttl
-                ):
-                    logger.bind(model=model_id, ttl=ttl).info("ttl expired, unloading")
-                    self._unloads.append(_Unload((model_id,), f"idle for {ttl}s (ttl)", idle_for=ttl))
-                    self._wake.set()
+            try:
+                self._expire_idle_models()
+            except Exception as exc:  # noqa: BLE001 - TTLs must keep working after any one error
+                logger.opt(exception=exc).error("ttl check failed: {}", exc)
+
+    def _expire_idle_models(self) -> None:
+        now = time.monotonic()
+        queued = {m for op in self._unloads for m in op.model_ids}
+        for model_id, runtime in self.models.items():
+            if model_id not in self.config.models:
+                continue  # being removed by a config reload
+            ttl = self.config.effective_ttl(model_id)
+            if (
+                ttl > 0
+                and runtime.state is ModelState.READY
+                and not runtime.in_flight
+                and not runtime.draining
+                and not self._waiting(model_id)
+                and model_id not in queued
+                and now - runtime.last_used >= ttl
+            ):
+                logger.bind(model=model_id, ttl=ttl).info("ttl expired, unloading")
+                self._unloads.append(_Unload((model_id,), f"idle for {ttl}s (ttl)", idle_for=ttl))
+                self._wake.set()

@@ -94,7 +94,7 @@ def parse_model_request(body: bytes, content_type: str, query_model: str | None)
         # Parsed whatever the content type says: `curl -d` sends JSON as a form.
         try:
             parsed = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, limits
             raise RequestError(f"request body is not valid JSON: {exc}") from exc
         if not isinstance(parsed, dict):
             raise RequestError("request body must be a JSON object")

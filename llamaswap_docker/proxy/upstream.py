@@ -32,6 +32,8 @@ HOP_BY_HOP = frozenset({
 })
 #: Request headers the proxy sets itself: Host is rewritten, Content-Length recomputed.
 _REQUEST_OWN = frozenset({"host", "content-length"})
+#: Response headers our server writes itself; relaying the upstream's too would repeat them.
+_RESPONSE_OWN = frozenset({"date", "server"})
 
 
 def new_upstream_client() -> httpx.AsyncClient:
@@ -65,8 +67,8 @@ def request_headers(
 def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
     """Upstream response headers to relay, as raw ASGI pairs."""
     pairs = headers.raw
-    excluded = HOP_BY_HOP | _connection_tokens((k.decode("latin-1"), v.decode("latin-1"))
-                                               for k, v in pairs)
+    excluded = HOP_BY_HOP | _RESPONSE_OWN | _connection_tokens(
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs)
     relayed = [(name.lower(), value) for name, value in pairs
                if name.decode("latin-1").lower() not in excluded]
     content_type = headers.get("content-type", "")
@@ -107,10 +109,13 @@ class RelayResponse(Response):
             async for chunk in self.upstream.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
-            # The upstream died mid-response: tell the client in-band when we can.
+            # The upstream died mid-response: tell the client in-band when we can (an SSE error
+            # event); otherwise end without the final chunk, so the client sees a broken body
+            # rather than a short one that looks complete.
             trailer = await self.on_error(exc) if self.on_error else None
-            if trailer:
-                await send({"type": "http.response.body", "body": trailer, "more_body": True})
+            if not trailer:
+                raise
+            await send({"type": "http.response.body", "body": trailer, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,12 +150,21 @@ class RelayResponse(Response):
                 await self.on_close()
 
 
+class ClientBodyInterrupted(Exception):
+    """The client disconnected before sending its whole request body."""
+
+
 async def iterate_body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives (for ``/upstream`` passthrough)."""
+    """The request body as it arrives (for ``/upstream`` passthrough).
+
+    Raises:
+        ClientBodyInterrupted: the client left mid-body (the upstream request is aborted,
+            not ended as if the body were complete).
+    """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise ClientBodyInterrupted("the client disconnected before the end of its body")
         body: bytes = message.get("body", b"")
         if body:
             yield body

@@ -42,6 +42,9 @@ def translate_errors(action: str) -> Iterator[None]:
         raise EngineError(f"{action}: {exc.explanation or exc}") from exc
     except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
         raise EngineUnreachable(f"{action}: the Docker engine is not reachable. {_HOW_TO_START}.") from exc
+    except requests.exceptions.RequestException as exc:
+        # A read timeout or a broken answer: the engine is there but did not complete the call.
+        raise EngineError(f"{action}: the Docker engine did not answer in time ({exc})") from exc
     except docker.errors.DockerException as exc:
         if "Error while fetching server API version" in str(exc):
             raise EngineUnreachable(

@@ -317,3 +317,34 @@ def test_abandoned_load_gives_way_to_a_model_someone_waits_for(start_proxy, dock
     assert response.status_code == 200
     assert elapsed < 10, f"the abandoned 20 s load was waited out ({elapsed:.1f}s)"
     assert model_containers(docker_client, instance_name, "slow") == []
+
+
+def in_flight(url: str, model: str) -> int:
+    running = httpx.get(f"{url}/running?all=true", timeout=10).json()["running"]
+    return next(entry["in_flight"] for entry in running if entry["model"] == model)
+
+
+def test_client_leaving_a_non_streaming_request_releases_the_model_at_once(start_proxy) -> None:
+    proxy = start_proxy({"slow": fake_model("--tokens", "50", "--token-rate", "10")})  # 5 s
+    assert httpx.post(f"{proxy.url}/v1/completions", json={"model": "slow", "prompt": "x",
+                      "max_tokens": 1}, timeout=30).status_code == 200
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.url}/v1/completions", json={"model": "slow", "prompt": "x"}, timeout=1)
+    left_at = time.monotonic()
+    while in_flight(proxy.url, "slow") and time.monotonic() - left_at < 3:
+        time.sleep(0.05)
+    assert in_flight(proxy.url, "slow") == 0
+    assert time.monotonic() - left_at < 2, "the lease was held until the generation ended"
+
+
+def test_client_leaving_during_loading_feedback_leaks_no_admission(start_proxy) -> None:
+    proxy = start_proxy({"fake": fake_model("--load-delay", "1.5", sendLoadingState=True)})
+    body = {"model": "fake", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=30) as stream:
+        first = next(stream.iter_lines())
+    assert "reasoning_content" in first
+    time.sleep(2.5)  # the model comes up after the client left
+    assert in_flight(proxy.url, "fake") == 0
+    started = time.monotonic()
+    assert httpx.post(f"{proxy.url}/api/models/unload/fake", timeout=30).status_code == 200
+    assert time.monotonic() - started < 5

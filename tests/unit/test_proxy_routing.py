@@ -40,6 +40,8 @@ def test_model_comes_from_json_body_form_field_or_query() -> None:
     (b"{oops", "not valid JSON"),
     (b"[1, 2]", "must be a JSON object"),
     (b'{"messages": []}', "names no model"),
+    (b'{"model": "a", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),  # int beyond the parse limit
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),  # nesting beyond the recursion limit
 ])
 def test_bad_bodies_raise_request_error(body: bytes, message: str) -> None:
     with pytest.raises(RequestError, match=message):
