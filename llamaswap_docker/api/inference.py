@@ -14,7 +14,7 @@ import httpx
 from loguru import logger
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message
+from starlette.types import Message, Receive
 
 from llamaswap_docker.api.errors import dialect_for_path, sse_error_event
 from llamaswap_docker.api.loading import LoadingStateResponse, wants_loading_state
@@ -170,8 +170,13 @@ async def forward(
     return RelayResponse(upstream, on_close=release, on_error=upstream_failed)
 
 
-async def _acquire(state: AppState, request: Request, model_id: str) -> tuple[Lease, DisconnectWatch]:
-    return await until_disconnect(request, state.manager.acquire(model_id))
+async def _acquire(state: AppState, request: Request, model_id: str) -> tuple[Lease, Receive]:
+    """The model's lease, and the ``receive`` to read the rest of the request body from."""
+    lease = state.manager.try_acquire(model_id)
+    if lease is not None:  # the hot path: a ready model, no waiting, nothing to watch
+        return lease, request.receive
+    lease, watch = await until_disconnect(request, state.manager.acquire(model_id))
+    return lease, watch.receive
 
 
 async def proxy_model_request(request: Request) -> Response:
@@ -207,11 +212,11 @@ async def upstream_passthrough(request: Request, target: str) -> Response:
     state = app_state(request)
     model_id, rest = _split_upstream_target(state, target, request.scope.get("raw_path"))
     try:
-        lease, watch = await _acquire(state, request, model_id)
+        lease, receive = await _acquire(state, request, model_id)
     except ClientDisconnected:
         return Response(status_code=499)
     # Streamed through, not read first: body chunks that arrived while waiting are replayed.
-    content = iterate_body(watch.receive) if request.method not in ("GET", "HEAD") else None
+    content = iterate_body(receive) if request.method not in ("GET", "HEAD") else None
     return await forward(state, lease, request, "/" + rest, content)
 
 

@@ -183,13 +183,12 @@ class ModelManager:
         for runtime in self.models.values():
             runtime.state, runtime.container, runtime.draining = ModelState.STOPPED, None, False
 
-    async def acquire(self, model_id: str) -> Lease:
-        """Wait until ``model_id`` is ready and admit one request to it.
+    def try_acquire(self, model_id: str) -> Lease | None:
+        """Admit one request now if the model is ready; None when it would have to wait.
 
         Raises:
             ModelNotFound: unknown model.
             ConcurrencyLimitExceeded: ``concurrencyLimit`` requests already in flight or queued.
-            ModelStartFailed: the container could not be started.
         """
         runtime = self._runtime(model_id)
         model = self.config.models.get(model_id)
@@ -205,6 +204,20 @@ class ModelManager:
             assert runtime.container is not None
             runtime.in_flight += 1
             return Lease(self, runtime, runtime.container)
+        return None
+
+    async def acquire(self, model_id: str) -> Lease:
+        """Wait until ``model_id`` is ready and admit one request to it.
+
+        Raises:
+            ModelNotFound: unknown model.
+            ConcurrencyLimitExceeded: ``concurrencyLimit`` requests already in flight or queued.
+            ModelStartFailed: the container could not be started.
+        """
+        lease = self.try_acquire(model_id)
+        if lease is not None:
+            return lease
+        runtime = self.models[model_id]
         if self.should_exit:
             raise ModelStopped("the proxy is shutting down")
         waiter = _Waiter(model_id, asyncio.get_running_loop().create_future())
