@@ -99,6 +99,17 @@ def test_anthropic_sdk_messages_and_stream(fake_proxy) -> None:
     assert count.input_tokens > 0
 
 
+def test_anthropic_sdk_messages_against_real_llama_server(llama_proxy) -> None:
+    client = anthropic.Anthropic(base_url=llama_proxy.url, api_key="unused", max_retries=0)
+    message = client.messages.create(model="tiny", max_tokens=4,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text and message.usage.output_tokens > 0
+    with client.messages.stream(model="tiny", max_tokens=4,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+    assert text
+
+
 def test_real_llama_server_native_completion_endpoint(llama_proxy) -> None:
     response = httpx.post(f"{llama_proxy.url}/completion",
                           json={"model": "tiny", "prompt": "hello", "n_predict": 4}, timeout=60)
