@@ -18,6 +18,8 @@ Images (tags are what the demo config and the tests name):
 * ``llamaswap/debian-llama:forky``      Debian forky + ``llama.cpp-tools`` (local source only)
 * ``llamaswap/fake-upstream:local``     ``images/fake-upstream`` on the Python base
 * ``llamaswap/llama-server:local``      ``images/llama-server``: Debian's CPU ``llama-server``
+* ``llamaswap/llamaswap-docker:local``  ``images/proxy``: the proxy, installed from a wheelhouse
+  that ``pip wheel`` builds from this checkout first (needs PyPI or a pip cache)
 
 Usage: ``python images/build.py [--source local|registry] [--force] [--only NAME ...]``
 """
@@ -191,6 +193,8 @@ def build_wheelhouse(target: Path) -> None:
     """Wheels of the package and its runtime dependencies, for an offline ``pip install``."""
     if target.exists():
         shutil.rmtree(target)
+    # setuptools builds in-tree: a stale build/ could ship modules deleted since.
+    shutil.rmtree(REPO_DIR / "build", ignore_errors=True)
     log(f"building wheelhouse in {target.relative_to(REPO_DIR)}")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",

@@ -26,8 +26,17 @@ _LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARN
            "error": "ERROR"}
 
 
+_CONTROL = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped: one event stays one line, and a client-chosen path or
+    model name cannot forge a log line."""
+    return text.translate(_CONTROL)
+
+
 def _quote(value: Any) -> str:
-    text = str(value)
+    text = _one_line(str(value))
     if text == "" or any(ch.isspace() or ch in '"=' for ch in text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
@@ -36,7 +45,8 @@ def _quote(value: Any) -> str:
 def format_record(record: dict[str, Any]) -> str:
     """Render a record as ``time LEVEL message k=v ...`` (braces escaped for loguru)."""
     fields = " ".join(f"{key}={_quote(value)}" for key, value in record["extra"].items())
-    line = f"{record['time']:YYYY-MM-DD HH:mm:ss.SSS} {record['level'].name:<7} {record['message']}"
+    message = _one_line(record["message"])
+    line = f"{record['time']:YYYY-MM-DD HH:mm:ss.SSS} {record['level'].name:<7} {message}"
     if fields:
         line += " " + fields
     return line.replace("{", "{{").replace("}", "}}") + "\n{exception}"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,10 @@ class ProxyServer(uvicorn.Server):
         except LlamaswapError as exc:
             logger.error("config reload failed, keeping the running config: {}", exc.message)
             return
-        await state.manager.apply_config(config)
+        try:
+            await state.manager.apply_config(config)
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
+            logger.opt(exception=exc).error("applying the reloaded config failed: {}", exc)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -143,13 +147,30 @@ def run_server(settings: Settings) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = ProxyServer(uv_config, settings.config, settings.watch_config)
+    # Bind before the app starts: uvicorn runs the startup (adopting containers) before its
+    # own bind, and a port in use would then shut down — stopping the models another proxy
+    # on that port is serving.
+    listener = _bind(settings.host, settings.port)
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(sorted(config.models))
     logger.bind(url=url, config=source, models=models).info("llamaswap-docker listening")
     print(f"llamaswap-docker listening on {url} ({source})", flush=True)
     print(f"models: {models}", flush=True)
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         engine.close()
     return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or a one-line error when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False, backlog=2048)
+    except OSError as exc:
+        raise LlamaswapError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another proxy running "
+            "there? Pick another address with --listen"
+        ) from exc

@@ -74,7 +74,7 @@ def _running_model(request: Request, status: ModelStatus) -> RunningModel:
     )
 
 
-@router.get("/health", response_class=PlainTextResponse)
+@router.api_route("/health", methods=["GET", "HEAD"], response_class=PlainTextResponse)
 async def health() -> str:
     """Liveness of the proxy itself (no auth)."""
     return "OK"

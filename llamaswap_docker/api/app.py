@@ -38,8 +38,9 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
         app.state.llamaswap = AppState(engine=engine, manager=manager, http=http)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
-        await manager.startup()
         try:
+            # Inside the try: a failed startup still stops what it started or adopted.
+            await manager.startup()
             yield
         finally:
             logger.info("proxy shutting down")
@@ -80,8 +81,9 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # The traceback goes to the log, never to the client.
-        logger.opt(exception=exc).error("unexpected error on {}", request.url.path)
+        # The client gets a clean answer; starlette re-raises afterwards, so the traceback
+        # reaches the log once, through the server.
+        logger.bind(path=request.url.path).error("unexpected error: {}: {}", type(exc).__name__, exc)
         return error_response(dialect_for_path(request.url.path), 500,
                               "internal error in llamaswap-docker; see the proxy log", "internal_error")
 

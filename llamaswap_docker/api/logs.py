@@ -81,11 +81,11 @@ class _Feed(Generic[T]):
             self._queue.put_nowait(item)
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        """Items until ``end()``, or until ``stop()`` turns true (checked while quiet)."""
+        """Items until ``end()``, or until ``stop()`` turns true (checked before every item)."""
         # One get() at a time, kept across timeouts: cancelling it could lose an item.
         getter: asyncio.Future[Any] | None = None
         try:
-            while True:
+            while not self._stop():
                 if getter is None:
                     getter = asyncio.ensure_future(self._queue.get())
                 done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
@@ -164,20 +164,22 @@ async def model_logs_stream(
     """The output (stdout and stderr) of the model's container, as the engine has it."""
     state = app_state(request)
     model_id = state.manager.resolve(model)
-    status = next(s for s in state.manager.status() if s.model_id == model_id)
-    if status.container_id is None:
+    runtime = state.manager.models.get(model_id)
+    container = runtime.container if runtime is not None else None
+    if runtime is None or container is None:
+        state_name = runtime.state.value if runtime is not None else "removed"
         return error_response(
             "openai", 404,
-            f"model {model_id!r} has no container ({status.state.value}): nothing to show; "
+            f"model {model_id!r} has no container ({state_name}): nothing to show; "
             f"load it first (POST /api/models/load/{model_id})",
             "model_not_running",
         )
     containers = state.manager.containers
     if not follow:
-        text = await asyncio.to_thread(containers.logs_tail, status.container_id, tail)
+        text = await asyncio.to_thread(containers.logs_tail, container.id, tail)
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
-    stream = await asyncio.to_thread(containers.follow_logs, status.container_id, tail)
+    stream = await asyncio.to_thread(containers.follow_logs, container.id, tail)
     return StreamingResponse(_follow(stream, model_id, _shutting_down(request)),
                              media_type=_TEXT, headers=_STREAM_HEADERS)
 

@@ -26,16 +26,12 @@ from llamaswap_docker.cli.client import (
     UrlOption,
 )
 from llamaswap_docker.cli.output import human_duration, print_error, stdout
-from llamaswap_docker.config import load_config
+from llamaswap_docker.config import DockerSettings, load_config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.runtime import ContainerRef, Containers, Engine
 
 __all__ = ["cleanup"]
 
-#: Instance of a proxy whose config does not name one (``docker.instance``'s default).
-DEFAULT_INSTANCE = "default"
-#: Seconds a container gets between SIGTERM and SIGKILL when no config says otherwise.
-DEFAULT_STOP_TIMEOUT = 10
 
 
 class ProxyOwnershipUnknown(LlamaswapError):
@@ -80,9 +76,10 @@ def cleanup(
     ```
     """
     loaded = load_config(config) if config is not None else None
-    instance = instance or (loaded.docker.instance if loaded else DEFAULT_INSTANCE)
-    stop_timeout = loaded.docker.stop_timeout if loaded else DEFAULT_STOP_TIMEOUT
-    network = loaded.docker.network if loaded else "llamaswap"
+    docker_settings = loaded.docker if loaded else DockerSettings()  # the config's defaults
+    instance = instance or docker_settings.instance
+    stop_timeout = docker_settings.stop_timeout
+    network = docker_settings.network
     engine = Engine.from_settings(docker_host or (loaded.docker.host if loaded else None))
     try:
         containers = Containers(engine, instance, network, "host")

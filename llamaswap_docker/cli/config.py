@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,9 @@ __all__ = ["app", "check", "show", "mask_secrets", "MASK"]
 #: What a secret is printed as.
 MASK = "***"
 #: Keys (env names, macro names, flags) whose values are secrets.
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+#: ``scheme://user:password@host`` in any string: the password goes.
+URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(?=@)", re.IGNORECASE)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -124,10 +127,22 @@ def mask_secrets(data: Any, name: str = "") -> Any:
                 masked[key] = mask_secrets(value, str(key))
         return masked
     if isinstance(data, list):
-        if name == "cmd":
+        if name in ("cmd", "entrypoint"):
             return _mask_command(data)
         return [mask_secrets(item, name) for item in data]
+    if isinstance(data, str):
+        return URL_PASSWORD.sub(lambda match: match.group("head") + MASK, data)
     return data
+
+
+def _mask_joined(text: str) -> str:
+    """A shell-style command line in one string, with secret flags' values masked."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text
+    masked = _mask_command(words)
+    return text if masked == words else shlex.join(str(word) for word in masked)
 
 
 def _mask_command(args: list[Any]) -> list[Any]:
@@ -135,6 +150,10 @@ def _mask_command(args: list[Any]) -> list[Any]:
     secret_next = False
     for arg in args:
         text = str(arg)
+        if " " in text and text != _mask_joined(text):  # `sh -c "server --api-key k"`
+            masked.append(_mask_joined(text))
+            secret_next = False
+            continue
         if secret_next and not text.startswith("-"):
             masked.append(MASK)
             secret_next = False

@@ -34,7 +34,6 @@ Sources, checked for this module:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
@@ -81,6 +80,11 @@ _VLLM_IMAGES: dict[str, str | None] = {
 }
 #: Where the vLLM images keep the Hugging Face cache (they run as root).
 HF_CACHE_TARGET = "/root/.cache/huggingface"
+#: A named volume, not ``~/.cache/huggingface``: the proxy's home differs between a shell,
+#: systemd and its container, and a host path taken from it would both mount the wrong folder
+#: and change the spec hash (so a restarted proxy would reap what it should adopt). Mount a
+#: host folder yourself (``volumes: ["/srv/hf:/root/.cache/huggingface"]``) to share one.
+HF_CACHE_VOLUME = "llamaswap-hf-cache"
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def backend_preset(backend: str, platform: str) -> BackendPreset | None:
         )
     if backend == "vllm":
         docker: dict[str, Any] = {"ipc": "host"}  # PyTorch shares tensors through /dev/shm
-        volumes = [f"{Path.home() / '.cache' / 'huggingface'}:{HF_CACHE_TARGET}"]
+        volumes = [f"{HF_CACHE_VOLUME}:{HF_CACHE_TARGET}"]
         if platform == "rocm":
             docker |= {"cap_add": ["SYS_PTRACE"], "security_opt": ["seccomp=unconfined"]}
         elif platform == "intel":

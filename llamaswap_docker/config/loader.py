@@ -77,7 +77,7 @@ def load_config(
     except OSError as exc:
         _unreadable(path, f"cannot read config file {path}: {exc.strerror or exc}")
     return load_config_text(
-        text, source=str(path), base_dir=file.resolve().parent, macros=macros, environ=environ
+        text, source=str(path), base_dir=Path(os.path.abspath(file)).parent, macros=macros, environ=environ
     )
 
 

@@ -15,6 +15,7 @@ when a ``Config`` is validated, unless the loader defers them to report them wit
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -303,11 +304,15 @@ def _check_volume(spec: str, info: ValidationInfo) -> str:
     source, sep, rest = spec.partition(":")
     if sep and (source in (".", "..") or source.startswith(("./", "../", "~"))):
         if source.startswith("~"):
-            resolved = Path(source).expanduser()
+            try:
+                resolved = Path(source).expanduser()
+            except RuntimeError as exc:  # ~unknownuser
+                raise ValueError(f"volume {spec!r}: cannot expand {source!r}: {exc}") from None
         else:
             base = (info.context or {}).get("base_dir") or Path.cwd()
             resolved = Path(base) / source
-        spec = f"{resolved.resolve()}:{rest}"
+        # abspath, not resolve(): the folder the user named, symlinks and all.
+        spec = f"{os.path.abspath(resolved)}:{rest}"
     VolumeMount.parse(spec)
     return spec
 

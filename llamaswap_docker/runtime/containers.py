@@ -44,9 +44,12 @@ def own_container_id(engine: Engine) -> str | None:
     if not running_in_container():
         return None
     try:
-        attrs = engine.client.api.inspect_container(socket.gethostname())
-    except docker.errors.DockerException:
-        return None
+        attrs = engine.run_sync("looking for the proxy's own container",
+                                engine.client.api.inspect_container, socket.gethostname())
+    except EngineError as exc:
+        if isinstance(exc.__cause__, docker.errors.NotFound):
+            return None  # a container, but not one of this engine's
+        raise
     return attrs.get("Id")
 
 
@@ -153,7 +156,8 @@ class Containers:
             )
         except EngineError:
             # Another proxy may have created it between our list and create.
-            again = client.networks.list(names=[self.network])
+            again = self.engine.run_sync(f"listing networks named {self.network}",
+                                         client.networks.list, names=[self.network])
             if not any(net.name == self.network for net in again):
                 raise
         logger.bind(network=self.network).info("network created")
@@ -308,6 +312,8 @@ class Containers:
             self.engine.client.containers.list,
             all=True,
             filters=labels.instance_filters(self.instance, model_id),
+            # One being removed meanwhile (a stop in flight) must not fail the whole listing.
+            ignore_removed=True,
         )
         return [self._ref(container.attrs) for container in containers]
 

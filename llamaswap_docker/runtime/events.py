@@ -96,22 +96,25 @@ class EventWatcher:
 
     def _run(self) -> None:
         first = True
+        last_seen_ns = 0
         while not self.should_exit:
+            stream = None
             try:
                 since = self._last_seen_s if self._last_seen_s is not None else time.time()
                 stream = self.engine.client.api.events(
                     since=int(since),
                     filters={
                         "type": "container",
-                        "label": [f"{labels.MANAGED}=true", f"{labels.INSTANCE}={self.instance}"],
+                        "label": labels.instance_filters(self.instance)["label"],
                         "event": list(self.WATCHED_ACTIONS),
                     },
                     decode=True,
                 )
+                # From now on a reconnect replays from here, even if no event ever comes.
+                self._last_seen_s = since
                 with self._lock:
                     self._stream = stream
                 if self.should_exit:
-                    stream.close()
                     return
                 self.connected.set()
                 if not first:
@@ -119,9 +122,19 @@ class EventWatcher:
                     self.on_reconnect()
                 first = False
                 for raw in stream:
-                    event = ContainerEvent.from_engine(raw)
+                    try:
+                        event = ContainerEvent.from_engine(raw)
+                    except (TypeError, ValueError) as exc:
+                        logger.bind(error=str(exc)).warning("ignoring a malformed engine event")
+                        continue
+                    if event.time_ns <= last_seen_ns:
+                        continue  # replayed after a reconnect: already handled
+                    last_seen_ns = event.time_ns
                     self._last_seen_s = event.time_ns / 1e9
-                    self.on_event(event)
+                    try:
+                        self.on_event(event)
+                    except Exception as exc:  # noqa: BLE001 - one bad event must not end the stream
+                        logger.opt(exception=exc).error("handling an engine event failed")
             except Exception as exc:  # noqa: BLE001 - engine away: retry until told to stop
                 if not self.should_exit:
                     logger.bind(error=str(exc)[:200]).warning("engine event stream failed")
@@ -129,6 +142,11 @@ class EventWatcher:
                 self.connected.clear()
                 with self._lock:
                     self._stream = None
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except Exception:  # noqa: BLE001 - already broken
+                        pass
             if not self.should_exit:
                 logger.bind(instance=self.instance).warning("engine event stream ended, reconnecting")
                 time.sleep(RECONNECT_DELAY_S)

@@ -18,7 +18,7 @@ import docker.errors
 from loguru import logger
 
 from llamaswap_docker.errors import ImageNotFound, ImagePullFailed
-from llamaswap_docker.runtime.engine import Engine
+from llamaswap_docker.runtime.engine import Engine, translate_errors
 
 __all__ = ["PullPolicy", "PullProgress", "PullTracker", "ensure_image", "split_reference"]
 
@@ -180,18 +180,21 @@ def _pull(engine: Engine, image: str, on_progress: Callable[[PullProgress], None
     log = logger.bind(image=image)
     log.info("pulling image")
     tracker = PullTracker()
-    try:
-        stream = engine.client.api.pull(repository, tag=tag, stream=True, decode=True)
-        for event in stream:
-            if "error" in event:
-                reason = (event.get("errorDetail") or {}).get("message") or event["error"]
-                raise _pull_failed(image, reason)
-            progress = PullProgress.from_engine(image, event)
-            tracker.update(progress)
-            if on_progress is not None:
-                on_progress(dataclasses.replace(progress, fraction=tracker.fraction))
-    except docker.errors.APIError as exc:
-        raise _pull_failed(image, exc.explanation or exc) from exc
+    # The engine's own refusals become ImagePullFailed here; translate_errors around them maps
+    # a lost engine (a connection dropped mid-pull) like every other engine call.
+    with translate_errors(f"pulling image {image}"):
+        try:
+            stream = engine.client.api.pull(repository, tag=tag, stream=True, decode=True)
+            for event in stream:
+                if "error" in event:
+                    reason = (event.get("errorDetail") or {}).get("message") or event["error"]
+                    raise _pull_failed(image, reason)
+                progress = PullProgress.from_engine(image, event)
+                tracker.update(progress)
+                if on_progress is not None:
+                    on_progress(dataclasses.replace(progress, fraction=tracker.fraction))
+        except docker.errors.APIError as exc:
+            raise _pull_failed(image, exc.explanation or exc) from exc
     log.bind(bytes=tracker.bytes_done, layers=len(tracker.layers)).info("pulled image")
 
 

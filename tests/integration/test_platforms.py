@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from llamaswap_docker.config import ModelConfig, load_config_text
-from llamaswap_docker.config.backends import PLATFORMS, backend_preset
+from llamaswap_docker.config.backends import HF_CACHE_VOLUME, PLATFORMS, backend_preset
 from llamaswap_docker.errors import ConfigError, EngineError, ImagePullFailed
 from llamaswap_docker.runtime import Containers, ContainerSpec, Engine
 from llamaswap_docker.runtime.images import ensure_image
@@ -88,6 +88,8 @@ def tagged_preset_images(docker_client: docker.DockerClient, images: dict[str, s
     """Every preset image name, present on the engine (the fake upstream under that name)."""
     fake = docker_client.images.get(FAKE_UPSTREAM_IMAGE)
     tagged: list[str] = []
+    # The vLLM preset's named HF-cache volume is created with the first container using it.
+    had_hf_volume = bool(docker_client.volumes.list(filters={"name": HF_CACHE_VOLUME}))
     try:
         for ref in preset_images():
             try:
@@ -105,6 +107,10 @@ def tagged_preset_images(docker_client: docker.DockerClient, images: dict[str, s
     finally:
         for ref in tagged:  # untag only: the fake image keeps its own name
             docker_client.images.remove(ref, noprune=True)
+        if not had_hf_volume:
+            for volume in docker_client.volumes.list(filters={"name": HF_CACHE_VOLUME}):
+                if volume.name == HF_CACHE_VOLUME:
+                    volume.remove(force=True)
 
 
 @pytest.fixture
@@ -214,7 +220,7 @@ def test_engine_records_each_backend_and_platform_preset(
     if backend == "vllm":
         assert host["IpcMode"] == "host"
         assert env["HF_TOKEN"] == HF_TOKEN
-        assert any(bind.endswith(":/root/.cache/huggingface") for bind in host["Binds"])
+        assert f"{HF_CACHE_VOLUME}:/root/.cache/huggingface" in host["Binds"]
     else:
         assert host["IpcMode"] != "host" and "HF_TOKEN" not in env
         assert host["ShmSize"] == 64 << 20, "the engine's default /dev/shm"

@@ -64,7 +64,7 @@ def test_vllm_preset_fills_image_port_ipc_hf_cache_and_hf_token(platform: str) -
     assert model.image == VLLM_IMAGES[platform]
     assert model.port == 8000 and model.health_path == "/health"
     assert model.docker.ipc == "host"
-    hf_cache = f"{Path.home() / '.cache' / 'huggingface'}:/root/.cache/huggingface"
+    hf_cache = "llamaswap-hf-cache:/root/.cache/huggingface"  # named: the same for every HOME
     assert model.volumes[0] == hf_cache
     assert model.pass_env == ("HF_TOKEN",)
     assert model.env == {}, "nothing secret is written into the config"
