@@ -74,7 +74,8 @@ def _running_model(request: Request, status: ModelStatus) -> RunningModel:
     )
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.head("/health", include_in_schema=False)  # probes that only look at the status
+@router.get("/health", response_class=PlainTextResponse)
 async def health() -> str:
     """Liveness of the proxy itself (no auth)."""
     return "OK"

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import APIRouter, Query, Request
 from loguru import logger
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llamaswap_docker.api.errors import error_response
 from llamaswap_docker.api.state import app_state
@@ -102,6 +103,22 @@ class _Feed(Generic[T]):
                 getter.cancel()
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator as soon as the response ends (a client disconnect included).
+
+    Starlette cancels the send, but a generator paused at ``yield`` is only closed when it is
+    garbage-collected: its ``finally`` (closing the engine's log stream) would run late.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
 def _dropped_note(feed: _Feed[Any]) -> str:
     count, feed.dropped = feed.dropped, 0
     return f"[llamaswap-docker: {count} log lines dropped: the reader was too slow]\n"
@@ -149,7 +166,7 @@ async def logs_stream(request: Request, tail: TailQuery = -1) -> StreamingRespon
         finally:
             log_buffer.unsubscribe(feed.push)
 
-    return StreamingResponse(lines(), media_type=_TEXT, headers=_STREAM_HEADERS)
+    return ClosingStreamingResponse(lines(), media_type=_TEXT, headers=_STREAM_HEADERS)
 
 
 @router.get("/logs/stream/{model:path}", response_class=StreamingResponse,
@@ -180,7 +197,7 @@ async def model_logs_stream(
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_logs, container.id, tail)
-    return StreamingResponse(_follow(stream, model_id, _shutting_down(request)),
+    return ClosingStreamingResponse(_follow(stream, model_id, _shutting_down(request)),
                              media_type=_TEXT, headers=_STREAM_HEADERS)
 
 
