@@ -262,8 +262,11 @@ async def list_models(request: Request) -> JSONResponse:
                 entry["name"] = model.name
             if model.description:
                 entry["description"] = model.description
+            meta = dict(model.metadata)
             if listed != model_id:
-                entry["meta"] = {"alias_of": model_id}
+                meta["alias_of"] = model_id
+            if meta:
+                entry["meta"] = meta
             entry["state"] = state.manager.models[model_id].state.value
             entries.append(entry)
     entries.sort(key=lambda entry: entry["id"])

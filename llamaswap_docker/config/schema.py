@@ -413,6 +413,8 @@ class ModelConfig(_Schema):
         "proxy": "llamaswap-docker routes to the container itself; "
         "set `port` to the container port instead",
         "cmdStop": "containers are stopped through the Docker API; set `stopTimeout`",
+        "timeouts": "requests have no total timeout here; a start is bounded by "
+        "`healthCheckTimeout`",
     }
 
     # What runs, and on what: declared first so later fields' validators can see them.
@@ -432,6 +434,7 @@ class ModelConfig(_Schema):
     ttl: int = Field(-1, ge=-1)  # -1: globalTTL, 0: never unload, N: seconds idle
     check_endpoint: str = "/health"  # "none": no health check
     unlisted: bool = False
+    metadata: dict[str, Any] = {}  # llama-swap's free-form data, shown in /v1/models as "meta"
     use_model_name: str = ""
     concurrency_limit: int = Field(0, ge=0)  # 0: unlimited
     send_loading_state: bool | None = None  # None: the global sendLoadingState
@@ -634,6 +637,11 @@ class Config(_Schema):
     unsupported_keys: ClassVar[dict[str, str]] = {
         "startPort": "ports are not allocated: each model's server listens on its own "
         "container `port`",
+        "metricsMaxInMemory": "llamaswap-docker keeps no metrics history; remove the key",
+        "captureBuffer": "llamaswap-docker keeps no request captures; remove the key",
+        "logToStdout": "the proxy logs to stderr and GET /logs; model output is read from "
+        "the engine (GET /logs/stream/<model>); remove the key",
+        "logTimeFormat": "log lines use one fixed, greppable time format; remove the key",
     }
 
     health_check_timeout: int = Field(120, ge=1)  # seconds a model may take to become healthy

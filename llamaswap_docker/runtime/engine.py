@@ -31,6 +31,24 @@ _HOW_TO_START = (
 )
 
 
+_NO_PERMISSION = (
+    "permission denied on the Docker socket: run as a user in the socket's group "
+    "(usually `docker`; `stat -c %g /var/run/docker.sock` shows it), or in compose set "
+    "DOCKER_GID to that group id"
+)
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # the cause chain, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, PermissionError) or "Permission denied" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Map docker-py and transport errors raised inside to our error tree."""
@@ -41,11 +59,15 @@ def translate_errors(action: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         raise EngineError(f"{action}: {exc.explanation or exc}") from exc
     except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
+        if _permission_denied(exc):
+            raise EngineUnreachable(f"{action}: {_NO_PERMISSION}") from exc
         raise EngineUnreachable(f"{action}: the Docker engine is not reachable. {_HOW_TO_START}.") from exc
     except requests.exceptions.RequestException as exc:
         # A read timeout or a broken answer: the engine is there but did not complete the call.
         raise EngineError(f"{action}: the Docker engine did not answer in time ({exc})") from exc
     except docker.errors.DockerException as exc:
+        if _permission_denied(exc):
+            raise EngineUnreachable(f"{action}: {_NO_PERMISSION}") from exc
         if "Error while fetching server API version" in str(exc):
             raise EngineUnreachable(
                 f"{action}: the Docker engine is not reachable ({exc}). {_HOW_TO_START}."

@@ -140,13 +140,17 @@ def test_filters_strip_and_set_params(fake_proxy) -> None:
 
 def test_models_list_is_sorted_hides_unlisted_and_shows_aliases_when_asked(start_proxy) -> None:
     proxy = start_proxy(
-        {"zeta": fake_model(aliases=["z"]), "alpha": fake_model(), "secret": fake_model(unlisted=True)},
+        {"zeta": fake_model(aliases=["z"]), "alpha": fake_model(metadata={"family": "test"}),
+         "secret": fake_model(unlisted=True)},
         includeAliasesInList=True,
     )
     for path in ("/v1/models", "/models"):
         listed = httpx.get(f"{proxy.url}{path}").json()
         assert [m["id"] for m in listed["data"]] == ["alpha", "z", "zeta"]
         assert listed["object"] == "list"
+        by_id = {m["id"]: m for m in listed["data"]}
+        assert by_id["alpha"]["meta"] == {"family": "test"}
+        assert by_id["z"]["meta"] == {"alias_of": "zeta"}
 
 
 def test_multipart_upload_names_model_in_form_field(fake_proxy) -> None:

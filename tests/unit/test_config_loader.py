@@ -193,3 +193,13 @@ def test_example_config_loads() -> None:
     assert llama.volume_mounts[0].read_only
     assert config.resolve("gpt-4o-mini") == "qwen2.5-7b"
     assert config.group_of("nomic-embed")[1].persistent
+
+
+def test_llama_swap_only_keys_get_a_hint_and_metadata_is_kept() -> None:
+    text = "metricsMaxInMemory: 500\nmodels:\n  m:\n    image: x\n    metadata: {family: qwen, size: 7}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, source="c.yaml")
+    assert "c.yaml:1: metricsMaxInMemory" in caught.value.message
+    assert "keeps no metrics history" in caught.value.message
+    config = load_config_text(text.split("\n", 1)[1])
+    assert config.models["m"].metadata == {"family": "qwen", "size": 7}
