@@ -630,6 +630,17 @@ class DockerSettings(_Schema):
     routing: Routing = "auto"  # how the proxy reaches containers: published port or network
     on_shutdown: OnShutdown = "stop"  # what happens to model containers when the proxy exits
 
+    @field_validator("network")
+    @classmethod
+    def _user_defined_network(cls, network: str) -> str:
+        # The engine's own networks resolve no container names and cannot be created.
+        if network in ("bridge", "host", "none"):
+            raise ValueError(
+                f"{network!r} is one of the engine's own networks; name a user-defined bridge "
+                "(default 'llamaswap'), which model containers join and are reached on by name"
+            )
+        return network
+
 
 class Config(_Schema):
     """The whole config file."""

@@ -203,3 +203,12 @@ def test_llama_swap_only_keys_get_a_hint_and_metadata_is_kept() -> None:
     assert "keeps no metrics history" in caught.value.message
     config = load_config_text(text.split("\n", 1)[1])
     assert config.models["m"].metadata == {"family": "qwen", "size": 7}
+
+
+@pytest.mark.parametrize("network", ["bridge", "host", "none"])
+def test_engine_builtin_networks_are_rejected_for_model_containers(network: str) -> None:
+    text = f"docker:\n  network: {network}\nmodels:\n  m:\n    image: x\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, source="c.yaml")
+    assert "c.yaml:2: docker.network" in caught.value.message
+    assert "user-defined bridge" in caught.value.message
