@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -22,45 +21,7 @@ from llamaswap_docker.config import Config, load_config
 from llamaswap_docker.errors import LlamaswapError, ModelNotFound
 from llamaswap_docker.runtime import Engine, PullProgress, ensure_image
 
-__all__ = ["pull", "PullTracker"]
-
-#: Layer statuses after which all of a layer's bytes are there.
-_LAYER_DONE = ("Download complete", "Verifying Checksum", "Extracting", "Pull complete",
-               "Already exists")
-
-
-@dataclass
-class PullTracker:
-    """Turns one image's pull events into bytes done / bytes known, over all its layers."""
-
-    layers: dict[str, tuple[int, int | None]] = field(default_factory=dict)
-    status: str = "waiting"
-
-    def update(self, event: PullProgress) -> None:
-        if event.layer is None or event.layer == event.image.rpartition(":")[2]:
-            # Image-level lines: "Pulling from library/x", "Digest: …", "Status: …".
-            self.status = event.status
-            return
-        current, total = self.layers.get(event.layer, (0, None))
-        if event.status == "Downloading" and event.total:
-            current, total = event.current or 0, event.total
-        elif event.status.startswith(_LAYER_DONE) and total is not None:
-            current = total
-        self.layers[event.layer] = (current, total)
-        done = sum(1 for c, t in self.layers.values() if t is not None and c >= t)
-        self.status = f"{event.status.lower()} ({done}/{len(self.layers)} layers)"
-
-    @property
-    def completed(self) -> int:
-        return sum(current for current, _ in self.layers.values())
-
-    @property
-    def total(self) -> int | None:
-        totals = [total for _, total in self.layers.values()]
-        if not totals or any(total is None for total in totals):
-            return None
-        return sum(t for t in totals if t is not None)
-
+__all__ = ["pull"]
 
 def pull(
     model: Annotated[Optional[list[str]], typer.Argument(
@@ -131,11 +92,10 @@ def _pull_one(engine: Engine, image: str) -> None:
         stdout().print(f"{image}: pulling", markup=False)
         ensure_image(engine, image, "always")
         return
-    tracker = PullTracker()
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        TaskProgressColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         console=console,
@@ -145,8 +105,9 @@ def _pull_one(engine: Engine, image: str) -> None:
         task: TaskID = progress.add_task(image, total=None, status="")
 
         def on_progress(event: PullProgress) -> None:
-            tracker.update(event)
-            progress.update(task, completed=tracker.completed, total=tracker.total,
-                            status=tracker.status)
+            # The runtime aggregates the layers into one fraction that never goes back.
+            if event.fraction is not None:
+                progress.update(task, completed=event.fraction * 100, total=100)
+            progress.update(task, status=event.status.lower())
 
         ensure_image(engine, image, "always", on_progress=on_progress)

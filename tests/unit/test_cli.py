@@ -18,7 +18,6 @@ from llamaswap_docker import __version__
 from llamaswap_docker.cli import app
 from llamaswap_docker.cli.client import ProxyUnreachable, _error_message
 from llamaswap_docker.cli.config import MASK, mask_secrets
-from llamaswap_docker.cli.pull import PullTracker
 from llamaswap_docker.runtime import PullProgress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,19 +282,6 @@ def test_pull_pulls_each_image_once_whatever_the_pull_policy(
     result = run("pull", "nope", "-c", str(config))
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: model 'nope' is not in the config")
-
-
-def test_pull_tracker_sums_layer_bytes() -> None:
-    tracker = PullTracker()
-    tracker.update(PullProgress("r/x:1", "1", "Pulling from r/x"))
-    tracker.update(PullProgress("r/x:1", "aaa", "Pulling fs layer"))
-    tracker.update(PullProgress("r/x:1", "bbb", "Downloading", 10, 100))
-    assert tracker.total is None  # layer aaa's size is not known yet
-    tracker.update(PullProgress("r/x:1", "aaa", "Downloading", 5, 50))
-    assert (tracker.completed, tracker.total) == (15, 150)
-    tracker.update(PullProgress("r/x:1", "aaa", "Pull complete"))
-    assert tracker.completed == 60
-    assert tracker.status == "pull complete (1/2 layers)"
 
 
 def test_json_output_is_plain_json(monkeypatch: pytest.MonkeyPatch) -> None:
