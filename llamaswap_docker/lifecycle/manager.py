@@ -257,14 +257,10 @@ class ModelManager:
 
     async def unload(self, model_ids: Iterable[str] | None = None, reason: str = "unload requested") -> None:
         """Stop the given models (all when None) once their in-flight requests finish."""
-        targets = tuple(self.models if model_ids is None else model_ids)
+        targets = list(self.models if model_ids is None else model_ids)
         for model_id in targets:
             self._runtime(model_id)
-        operation = _Unload(targets, reason, asyncio.get_running_loop().create_future())
-        self._unloads.append(operation)
-        self._wake.set()
-        assert operation.future is not None
-        await operation.future
+        await self._unload_now(targets, reason)
 
     async def report_upstream_failure(self, lease: Lease) -> str | None:
         """Check the container after a failed upstream call; if it died, say how.
@@ -385,6 +381,7 @@ class ModelManager:
             await self._unload_now(changed, "config changed")
 
     async def _unload_now(self, model_ids: list[str], reason: str) -> None:
+        """Queue an unload behind the current operation and wait until it is done."""
         operation = _Unload(tuple(model_ids), reason, asyncio.get_running_loop().create_future())
         self._unloads.append(operation)
         self._wake.set()
