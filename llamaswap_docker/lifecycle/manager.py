@@ -482,7 +482,9 @@ class ModelManager:
         runtime = self.models[target]
         if runtime.state is ModelState.READY:
             return
-        loaded = [m for m, r in self.models.items() if r.container is not None]
+        # A model a reload is removing is being stopped by that reload: not ours to evict.
+        loaded = [m for m, r in self.models.items()
+                  if r.container is not None and m in self.config.models]
         evict = models_to_evict(target, loaded, self.config)
         if evict:
             for model_id in evict:
