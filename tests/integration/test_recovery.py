@@ -26,18 +26,23 @@ def pair(**extra_a) -> dict:
     }
 
 
-def test_sigkilled_proxy_restart_adopts_both_models_and_serves_without_reload(
-    proxy_processes, docker_client, instance_name
-) -> None:
+def serve_pair_then_sigkill(proxy_processes) -> dict[str, str]:
+    """A proxy serving both models, killed with SIGKILL; the ids of their containers."""
     config = pair()
     first = proxy_processes(config["models"], groups=config["groups"])
     assert chat(first.url, "a").status_code == 200
     assert chat(first.url, "b").status_code == 200
-    before = ready_ids(first.url)
-    assert set(before) == {"a", "b"}
-
+    ids = ready_ids(first.url)
+    assert set(ids) == {"a", "b"}
     first.signal(signal.SIGKILL)
     first.wait()
+    return ids
+
+
+def test_sigkilled_proxy_restart_adopts_both_models_and_serves_without_reload(
+    proxy_processes, docker_client, instance_name
+) -> None:
+    before = serve_pair_then_sigkill(proxy_processes)
 
     second = proxy_processes()  # same config file
     assert ready_ids(second.url) == before, "both containers must be adopted, not replaced"
@@ -59,13 +64,7 @@ def test_sigkilled_proxy_restart_adopts_both_models_and_serves_without_reload(
 def test_restart_replaces_changed_model_reaps_removed_one_and_leaves_foreign_containers(
     proxy_processes, docker_client, instance_name, tmp_path
 ) -> None:
-    config = pair()
-    first = proxy_processes(config["models"], groups=config["groups"])
-    assert chat(first.url, "a").status_code == 200
-    assert chat(first.url, "b").status_code == 200
-    old = ready_ids(first.url)
-    first.signal(signal.SIGKILL)
-    first.wait()
+    old = serve_pair_then_sigkill(proxy_processes)
 
     foreign = docker_client.containers.run(
         "llamaswap/fake-upstream:local", detach=True,
