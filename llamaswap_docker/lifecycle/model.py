@@ -35,11 +35,6 @@ class ModelRuntime:
     ready_since: float | None = None
     failure: str | None = None
 
-    @property
-    def loaded(self) -> bool:
-        """Whether a container exists for the model (it holds, or is taking, resources)."""
-        return self.state in (ModelState.STARTING, ModelState.READY, ModelState.STOPPING)
-
 
 @dataclass(frozen=True)
 class ModelStatus:

@@ -170,15 +170,3 @@ async def iterate_body(receive: Receive) -> AsyncIterator[bytes]:
             yield body
         if not message.get("more_body", False):
             return
-
-
-def content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-

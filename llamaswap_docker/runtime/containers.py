@@ -77,10 +77,6 @@ class ContainerRef:
     #: When the engine created it (UTC), if it said.
     created: datetime | None = None
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
     def age_s(self, now: datetime | None = None) -> float | None:
         """Seconds since creation, or None when unknown."""
         if self.created is None:
