@@ -16,6 +16,7 @@ it in the caller's dialect and the CLI prints it as one line.
     │   ├── UpstreamUnavailable      the model's server could not be reached
     │   └── ConcurrencyLimitExceeded too many requests in flight for a model
     └── RequestError                 the client's request is malformed
+        └── RequestTooLarge          the body is larger than maxRequestBodySize
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "UpstreamUnavailable",
     "ConcurrencyLimitExceeded",
     "RequestError",
+    "RequestTooLarge",
 ]
 
 
@@ -134,3 +136,10 @@ class RequestError(LlamaswapError):
 
     status_code = 400
     code = "invalid_request"
+
+
+class RequestTooLarge(RequestError):
+    """The request body is larger than ``maxRequestBodySize`` allows."""
+
+    status_code = 413
+    code = "request_too_large"

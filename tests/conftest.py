@@ -231,15 +231,15 @@ class ProxyHandle:
         from llamaswap_docker.api import create_app
         from llamaswap_docker.config import load_config_text
         from llamaswap_docker.runtime import Engine
+        from llamaswap_docker.server import uvicorn_config
 
         self.config = load_config_text(config_text, source="test-config.yaml")
         self.engine = Engine.from_settings()
         self.app = create_app(self.config, self.engine)
         self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-            lifespan="on", timeout_graceful_shutdown=5,
-        ))
+        # Served as `serve` serves it (uvloop, httptools, TCP_NODELAY).
+        self.server = uvicorn.Server(uvicorn_config(
+            self.app, "127.0.0.1", port, timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, name="test-proxy", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
@@ -15,15 +16,22 @@ from starlette.responses import Response
 from llamaswap_docker import __version__
 from llamaswap_docker.api import admin, inference, logs
 from llamaswap_docker.api.auth import ApiKeyMiddleware
-from llamaswap_docker.api.errors import dialect_for_path, error_response, llamaswap_error_response
+from llamaswap_docker.api.inference import InferenceRoutes
+from llamaswap_docker.api.errors import error_response, llamaswap_error_response
+from llamaswap_docker.proxy.dialects import dialect_for_path
 from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.lifecycle import ModelManager
-from llamaswap_docker.proxy import new_upstream_client
+from llamaswap_docker.proxy import UpstreamClient
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "new_control_client"]
+
+
+def new_control_client() -> httpx.AsyncClient:
+    """The control-plane client (health checks, adoption): few requests, short timeouts."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False)
 
 
 def create_app(config: Config, engine: Engine) -> FastAPI:
@@ -33,9 +41,12 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routing = await asyncio.to_thread(resolve_routing, config.docker.routing, engine)
         containers = Containers(engine, config.docker.instance, config.docker.network, routing)
-        http = new_upstream_client()
+        http = new_control_client()
+        upstream = UpstreamClient()
+        await upstream.open()
         manager = ModelManager(config, containers, http)
-        app.state.llamaswap = AppState(engine=engine, manager=manager, http=http)
+        app.state.llamaswap = AppState(engine=engine, manager=manager, http=http,
+                                       upstream=upstream)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
         try:
@@ -44,8 +55,11 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
             yield
         finally:
             logger.info("proxy shutting down")
-            await manager.shutdown(keep_containers=config.docker.on_shutdown == "keep")
-            await http.aclose()
+            try:
+                await manager.shutdown(keep_containers=config.docker.on_shutdown == "keep")
+            finally:
+                await upstream.close()
+                await http.aclose()
 
     app = FastAPI(
         title="llamaswap-docker",
@@ -57,6 +71,8 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(inference.router)
     app.include_router(logs.router)
+    # Added first, so it runs inside the key check: inference requests go to the hop directly.
+    app.add_middleware(InferenceRoutes)
     app.add_middleware(ApiKeyMiddleware, config=config)
 
     @app.exception_handler(LlamaswapError)

@@ -22,7 +22,8 @@ from loguru import logger
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llamaswap_docker.api.errors import dialect_for_path, error_response
+from llamaswap_docker.api.errors import error_response
+from llamaswap_docker.proxy.dialects import dialect_for_path
 from llamaswap_docker.config import Config
 
 __all__ = ["ApiKeyMiddleware", "OPEN_PATHS", "presented_keys", "key_matches", "warn_if_exposed"]

@@ -1,46 +1,13 @@
-"""Errors rendered in the caller's dialect: OpenAI's shape, or Anthropic's on ``/v1/messages``.
-
-OpenAI:    ``{"error": {"message", "type", "code"}}``
-Anthropic: ``{"type": "error", "error": {"type", "message"}}``
-"""
+"""Error responses in the caller's dialect (shapes in ``proxy/dialects.py``)."""
 
 from __future__ import annotations
-
-import json
-from typing import Literal
 
 from starlette.responses import JSONResponse
 
 from llamaswap_docker.errors import ConcurrencyLimitExceeded, LlamaswapError
+from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, error_payload
 
-__all__ = [
-    "Dialect",
-    "dialect_for_path",
-    "error_payload",
-    "error_response",
-    "llamaswap_error_response",
-    "sse_error_event",
-]
-
-Dialect = Literal["openai", "anthropic"]
-
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                 404: "invalid_request_error", 429: "rate_limit_error"}
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 503: "overloaded_error"}
-
-
-def dialect_for_path(path: str) -> Dialect:
-    return "anthropic" if path.startswith("/v1/messages") else "openai"
-
-
-def error_payload(dialect: Dialect, status: int, message: str, code: str) -> dict:
-    if dialect == "anthropic":
-        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"),
-                                           "message": message}}
-    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"),
-                      "code": code}}
+__all__ = ["error_headers", "error_response", "llamaswap_error_response"]
 
 
 def error_response(
@@ -50,16 +17,13 @@ def error_response(
                         headers=headers)
 
 
-def llamaswap_error_response(exc: LlamaswapError, path: str) -> JSONResponse:
-    headers = None
+def error_headers(exc: LlamaswapError) -> dict[str, str] | None:
+    """Headers an error answer carries (``Retry-After`` for a concurrency limit)."""
     if isinstance(exc, ConcurrencyLimitExceeded):
-        headers = {"Retry-After": str(exc.retry_after)}
-    return error_response(dialect_for_path(path), exc.status_code, exc.message, exc.code, headers)
+        return {"Retry-After": str(exc.retry_after)}
+    return None
 
 
-def sse_error_event(dialect: Dialect, status: int, message: str, code: str) -> bytes:
-    """An in-band error for a stream whose headers were already sent."""
-    payload = json.dumps(error_payload(dialect, status, message, code))
-    if dialect == "anthropic":
-        return f"event: error\ndata: {payload}\n\n".encode()
-    return f"data: {payload}\n\n".encode()
+def llamaswap_error_response(exc: LlamaswapError, path: str) -> JSONResponse:
+    return error_response(dialect_for_path(path), exc.status_code, exc.message, exc.code,
+                          error_headers(exc))

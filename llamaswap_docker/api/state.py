@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from llamaswap_docker.config import Config
 from llamaswap_docker.lifecycle import ModelManager
+from llamaswap_docker.proxy import UpstreamClient
 from llamaswap_docker.runtime import Engine
 
 __all__ = ["AppState", "app_state"]
@@ -17,11 +18,14 @@ __all__ = ["AppState", "app_state"]
 
 @dataclass
 class AppState:
-    """The running proxy: engine, model manager (which holds the config) and upstream client."""
+    """The running proxy: engine, model manager (which holds the config) and the clients."""
 
     engine: Engine
     manager: ModelManager
+    #: Control plane: health checks and adoption (httpx).
     http: httpx.AsyncClient
+    #: Data plane: every inference request (``proxy.upstream``).
+    upstream: UpstreamClient
     started_at: float = field(default_factory=time.time)
 
     @property

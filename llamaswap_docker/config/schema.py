@@ -329,6 +329,10 @@ def _check_device(spec: str) -> str:
 
 
 Volume = Annotated[str, AfterValidator(_check_volume)]
+#: A byte size: a number of bytes or Docker's form ("64m", "1g").
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+#: Request bodies larger than this are refused with 413 (``maxRequestBodySize``).
+DEFAULT_MAX_REQUEST_BODY_SIZE = 64 * 1024 * 1024
 Device = Annotated[str, AfterValidator(_check_device)]
 
 
@@ -437,6 +441,7 @@ class ModelConfig(_Schema):
     metadata: dict[str, Any] = {}  # llama-swap's free-form data, shown in /v1/models as "meta"
     use_model_name: str = ""
     concurrency_limit: int = Field(0, ge=0)  # 0: unlimited
+    max_request_body_size: ByteSize | None = None  # None: the global maxRequestBodySize
     send_loading_state: bool | None = None  # None: the global sendLoadingState
     stop_timeout: int | None = Field(None, ge=0)  # None: docker.stopTimeout
     filters: ModelFilters = ModelFilters()
@@ -661,6 +666,9 @@ class Config(_Schema):
     include_aliases_in_list: bool = False
     # Named *_default because `send_loading_state(model_id)` is the per-model answer.
     send_loading_state_default: bool = Field(False, alias="sendLoadingState")
+    # Named *_default because `max_request_body_size(model_id)` is the per-model answer.
+    max_request_body_size_default: ByteSize = Field(DEFAULT_MAX_REQUEST_BODY_SIZE,
+                                                    alias="maxRequestBodySize")
     api_keys: list[ApiKey] = []
     macros: Macros = {}
     models: dict[ModelId, ModelConfig] = Field(min_length=1)
@@ -671,6 +679,7 @@ class Config(_Schema):
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
     _group_of: dict[str, str] = PrivateAttr(default_factory=dict)
     _default_group: GroupConfig | None = PrivateAttr(None)
+    _largest_body: int = PrivateAttr(DEFAULT_MAX_REQUEST_BODY_SIZE)
 
     @field_validator("groups")
     @classmethod
@@ -698,6 +707,9 @@ class Config(_Schema):
             for member in group.members:
                 if member in self.models:
                     self._group_of.setdefault(member, group_id)
+        self._largest_body = max([self.max_request_body_size_default] + [
+            m.max_request_body_size for m in self.models.values()
+            if m.max_request_body_size is not None])
         ungrouped = [m for m in self.models if m not in self._group_of]
         if ungrouped:
             self._default_group = GroupConfig(members=ungrouped)
@@ -789,6 +801,17 @@ class Config(_Schema):
         """Whether to stream loading progress to clients while the model starts."""
         value = self.models[self._id(model_id)].send_loading_state
         return self.send_loading_state_default if value is None else value
+
+    def max_request_body_size(self, model_id: str | None = None) -> int:
+        """The largest request body accepted for a model, in bytes.
+
+        Without a model: the largest any model accepts (a body is read before its model is
+        known; the model's own limit is checked once it is).
+        """
+        if model_id is None:
+            return self._largest_body
+        value = self.models[self._id(model_id)].max_request_body_size
+        return self.max_request_body_size_default if value is None else value
 
     def stop_timeout(self, model_id: str) -> int:
         """Seconds the engine waits after SIGTERM before it kills the container."""

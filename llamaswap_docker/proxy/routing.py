@@ -8,12 +8,15 @@ the model's config must change it (``useModelName``, ``filters``).
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qs
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
 
 from llamaswap_docker.config import ModelConfig
-from llamaswap_docker.errors import RequestError
+from llamaswap_docker.errors import ModelNotFound, RequestError
 
 __all__ = [
     "ModelRequest",
@@ -21,6 +24,7 @@ __all__ = [
     "parse_model_request",
     "replace_multipart_field",
     "rewrite_body",
+    "split_upstream_target",
 ]
 
 
@@ -92,14 +96,14 @@ def parse_model_request(body: bytes, content_type: str, query_model: str | None)
         model = multipart_field(body, content_type, "model")
     elif body and _looks_like_json(media_type, body):
         # Parsed whatever the content type says: `curl -d` sends JSON as a form.
-        try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, limits
-            raise RequestError(f"request body is not valid JSON: {exc}") from exc
+        parsed = _loads(body)
         if not isinstance(parsed, dict):
-            raise RequestError("request body must be a JSON object")
+            raise RequestError(
+                f"request body must be a JSON object, not {_json_kind(parsed)}")
         payload = parsed
         model = parsed.get("model")
+        if model is not None and not isinstance(model, str):
+            raise RequestError(f'"model" must be a string, not {_json_kind(model)}')
     elif body and media_type == "application/x-www-form-urlencoded":
         values = parse_qs(body.decode("utf-8", "replace")).get("model")
         model = values[0] if values else None
@@ -134,4 +138,57 @@ def rewrite_body(request: ModelRequest, model: ModelConfig) -> bytes:
     rewritten = {key: value for key, value in payload.items() if key not in strip}
     rewritten.update(set_params)
     rewritten.update(changes)
-    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return orjson.dumps(rewritten)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, NaN: stdlib json
+        return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _loads(body: bytes) -> Any:
+    """Parse a JSON body; orjson first (twice as fast as json on a 4 MB image request, and this
+    runs on the event loop), the standard library for what orjson refuses but JSON allows
+    (integers beyond 64 bits)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, depth
+        raise RequestError(f"request body is not valid JSON: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def split_upstream_target(
+    resolve: Callable[[str], str | None], target: str, raw_path: bytes | None = None
+) -> tuple[str, str]:
+    """``/upstream/<model>/<path>``: the longest prefix of ``target`` naming a model (ids may
+    contain '/'), and the rest of the path.
+
+    The rest is taken from the raw (still percent-encoded) path when it lines up, so ``%2F``
+    or ``%3F`` reach the model server as the client wrote them.
+
+    Raises:
+        ModelNotFound: no prefix names a model.
+    """
+    parts = target.split("/")
+    raw_parts = raw_path.decode("latin-1").split("/")[2:] if raw_path else []
+    for cut in range(len(parts), 0, -1):
+        model_id = resolve("/".join(parts[:cut]))
+        if model_id is not None:
+            if len(raw_parts) == len(parts):
+                return model_id, "/".join(raw_parts[cut:])
+            return model_id, "/".join(parts[cut:])
+    raise ModelNotFound(
+        f"no model in /upstream/{target}; GET /v1/models lists the models you can use"
+    )

@@ -76,8 +76,31 @@ def test_use_model_name_rewrites_the_multipart_model_field_only() -> None:
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
-    headers = [("Host", "proxy"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"),
-               ("Keep-Alive", "5"), ("TE", "trailers"), ("Content-Length", "3"),
-               ("Authorization", "Bearer k"), ("X-Kept", "yes")]
-    forwarded = dict(request_headers(headers, drop=("authorization",)))
-    assert forwarded == {"X-Kept": "yes"}
+    # Raw ASGI pairs, as uvicorn hands them over (names lower-cased).
+    headers = [(b"host", b"proxy"), (b"connection", b"keep-alive, X-Hop"), (b"x-hop", b"1"),
+               (b"keep-alive", b"5"), (b"te", b"trailers"), (b"content-length", b"3"),
+               (b"expect", b"100-continue"), (b"authorization", b"Bearer k"), (b"x-kept", b"yes")]
+    forwarded = dict(request_headers(headers, drop=(b"authorization",)))
+    assert forwarded == {"x-kept": "yes"}
+
+
+def test_header_values_reach_upstream_as_the_bytes_the_client_sent() -> None:
+    # aiohttp writes values as UTF-8: UTF-8 input goes out byte for byte.
+    utf8 = "caf\u00e9 \u2603".encode()
+    (name, value), = request_headers([(b"x-note", utf8)])
+    assert value.encode() == utf8
+    # Latin-1 obs-text cannot go out unchanged through a UTF-8 writer: it keeps its meaning.
+    (name, value), = request_headers([(b"x-note", b"caf\xe9")])
+    assert value == "caf\u00e9"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"model": 7}', '"model" must be a string, not a number'),
+    (b'{"model": null}', "names no model"),
+    (b'{"model": {"a": 1}}', '"model" must be a string, not an object'),
+    (b'"just a string"', "must be a JSON object, not a string"),
+    (b'{"model": "a\xff"}', "not valid JSON"),  # invalid UTF-8
+])
+def test_model_field_of_the_wrong_type_is_a_clear_request_error(body: bytes, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_model_request(body, "application/json", None)

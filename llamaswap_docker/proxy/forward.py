@@ -1,0 +1,348 @@
+"""The hop: one inference request, from its ASGI scope to its released lease.
+
+    read the body (bounded) → find the model → admit (lease) → send upstream → relay → release
+
+``forward`` is the only code that holds a lease for a request. It takes the lease in one place
+and releases it in the ``finally`` of the same function, whatever ends the request: the answer
+relayed, any exception, the task cancelled, or the client leaving — while its model starts,
+before the upstream headers, or mid-stream. A client that leaves after sending its body is
+noticed by ``_ClientWatch``, which cancels the request's task: the cancellation closes the
+upstream connection (the model server stops generating) and the ``finally`` releases the lease.
+
+Errors before anything was sent are raised (``LlamaswapError``) for the API layer to render in
+the caller's dialect; after the headers went out they are reported in-band (an SSE error event)
+or by ending the response early, so a client never takes a cut body for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from loguru import logger
+from starlette.types import Message, Receive, Scope, Send
+
+from llamaswap_docker.errors import LlamaswapError, RequestTooLarge, UpstreamUnavailable
+from llamaswap_docker.lifecycle import Lease, ModelManager, ModelState
+from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, sse_error_event
+from llamaswap_docker.proxy.routing import (
+    ModelRequest,
+    parse_model_request,
+    rewrite_body,
+    split_upstream_target,
+)
+from llamaswap_docker.proxy.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    request_headers,
+    response_headers,
+)
+
+__all__ = ["ClientGone", "PROGRESS_INTERVAL_S", "forward", "read_body"]
+
+#: Seconds between loading-progress deltas while a model starts (``sendLoadingState``).
+PROGRESS_INTERVAL_S = 1.0
+#: Credentials meant for the proxy, never forwarded to a model server when ``apiKeys`` is set.
+PROXY_AUTH_HEADERS = (b"authorization", b"x-api-key")
+#: The most of an upstream error body quoted in an in-band error.
+ERROR_DETAIL_BYTES = 500
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was answered."""
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:g} MiB"
+
+
+async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
+    """The whole request body, refused as soon as it is known to exceed ``limit`` bytes.
+
+    Raises:
+        RequestTooLarge: ``Content-Length`` (before reading) or the bytes received (chunked)
+            exceed ``limit``.
+        ClientGone: the client left before the end of its body.
+    """
+    for name, value in headers:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise RequestTooLarge(
+                    f"request body of {int(value)} bytes is larger than maxRequestBodySize "
+                    f"({_mib(limit)})")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(
+                    f"request body is larger than maxRequestBodySize ({_mib(limit)})")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _ClientWatch:
+    """Once the body is read, ``receive`` only ever says the client left (or the response
+    ended): wait for that in one small task and cancel the request's task when it comes."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._active = True
+        self._request_task = asyncio.current_task()
+        self._task = asyncio.ensure_future(self._watch(receive))
+        self._task.add_done_callback(self._on_done)
+
+    @staticmethod
+    async def _watch(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    def _on_done(self, task: asyncio.Future[None]) -> None:
+        # A callback may already be scheduled when stop() runs: the flag, not the removal,
+        # decides.
+        if self._active and not task.cancelled() and self._request_task is not None:
+            self.gone = True
+            self._request_task.cancel()
+
+    def stop(self) -> None:
+        self._active = False
+        self._task.cancel()
+
+
+class _Target:
+    """What a request asks for: its model, the path and body to send there."""
+
+    __slots__ = ("model_id", "path", "body", "payload")
+
+    def __init__(self, model_id: str, path: str, body: bytes,
+                 payload: dict[str, Any] | None = None) -> None:
+        self.model_id = model_id
+        self.path = path
+        self.body = body
+        self.payload = payload
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+async def _target(manager: ModelManager, scope: Scope, receive: Receive) -> _Target:
+    """Read the body and find the model: from ``/upstream/<model>/…``, or from the body."""
+    config = manager.config
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    path: str = scope["path"]
+    query: bytes = scope["query_string"]
+    if path.startswith("/upstream/"):
+        model_id, rest = split_upstream_target(config.resolve, path[len("/upstream/"):],
+                                               scope.get("raw_path"))
+        body = await read_body(headers, receive, config.max_request_body_size(model_id))
+        upstream_path = "/" + rest + ("?" + query.decode("latin-1") if query else "")
+        return _Target(model_id, upstream_path, body if scope["method"] not in (
+            "GET", "HEAD") or body else b"")
+    body = await read_body(headers, receive, config.max_request_body_size())
+    query_model = None
+    if query:
+        query_model = (parse_qs(query.decode("latin-1")).get("model") or [None])[0]
+    request: ModelRequest = parse_model_request(body, _header(headers, b"content-type"),
+                                                query_model)
+    model_id = manager.resolve(request.model_name)
+    limit = config.max_request_body_size(model_id)
+    if len(body) > limit:
+        raise RequestTooLarge(f"request body of {len(body)} bytes is larger than "
+                              f"maxRequestBodySize ({_mib(limit)}) of model {model_id!r}")
+    content = rewrite_body(request, config.models[model_id])
+    upstream_path = path + ("?" + query.decode("latin-1") if query else "")
+    return _Target(model_id, upstream_path, content, request.payload)
+
+
+def _wants_loading_state(manager: ModelManager, path: str, target: _Target) -> bool:
+    """A streaming chat request for a model that is not ready, with ``sendLoadingState`` on."""
+    return (
+        path == "/v1/chat/completions"
+        and target.payload is not None
+        and target.payload.get("stream") is True
+        and manager.config.send_loading_state(target.model_id)
+        and manager.models[target.model_id].state is not ModelState.READY
+    )
+
+
+class _Progress:
+    """Loading feedback: a stream opened at once, progress as ``reasoning_content`` deltas
+    (chat UIs show them while they wait), then the model's own stream."""
+
+    def __init__(self, model_id: str, send: Send) -> None:
+        self.model_id = model_id
+        self.send = send
+        self.started = time.monotonic()
+        self.chunk_id = f"chatcmpl-loading-{uuid.uuid4().hex[:12]}"
+
+    async def delta(self, text: str) -> None:
+        chunk = {
+            "id": self.chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [{"index": 0, "delta": {"reasoning_content": text},
+                         "finish_reason": None}],
+        }
+        await self.send({"type": "http.response.body", "more_body": True,
+                         "body": f"data: {json.dumps(chunk)}\n\n".encode()})
+
+    async def wait(self, manager: ModelManager, waiting: asyncio.Future[Lease]) -> Lease:
+        await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await self.delta(f"Loading model {self.model_id}…\n")
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=PROGRESS_INTERVAL_S)
+            if done:
+                lease = waiting.result()
+                await self.delta(f"Model {self.model_id} ready in "
+                                 f"{time.monotonic() - self.started:.1f}s.\n\n")
+                return lease
+            progress = manager.describe_progress(self.model_id)
+            await self.delta(f"{progress} ({time.monotonic() - self.started:.0f}s)\n")
+
+
+def _admitted(waiting: asyncio.Future[Lease] | None) -> Lease | None:
+    """The lease a wait produced, if it finished with one (also when nobody took it)."""
+    if waiting is None or not waiting.done() or waiting.cancelled():
+        return None
+    return waiting.result() if waiting.exception() is None else None
+
+
+async def forward(
+    manager: ModelManager, upstream: UpstreamClient, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve one inference request (``POST /v1/...`` or ``/upstream/<model>/...``).
+
+    Raises:
+        LlamaswapError: before anything was sent (bad request, unknown model, failed start,
+            unreachable model server): the caller renders it in the client's dialect.
+    """
+    path: str = scope["path"]
+    dialect = dialect_for_path(path)
+    lease: Lease | None = None
+    waiting: asyncio.Future[Lease] | None = None
+    watch: _ClientWatch | None = None
+    response: UpstreamResponse | None = None
+    progress: _Progress | None = None
+    model_id = "-"
+    try:
+        target = await _target(manager, scope, receive)
+        model_id = target.model_id
+        lease = manager.try_acquire(model_id)
+        watch = _ClientWatch(receive)
+        if lease is None:  # the model must start, or is busy swapping: wait, watched
+            waiting = asyncio.ensure_future(manager.acquire(model_id))
+            if _wants_loading_state(manager, path, target):
+                progress = _Progress(model_id, send)
+                try:
+                    lease = await progress.wait(manager, waiting)
+                except LlamaswapError as exc:
+                    await _end_stream(send, dialect, exc.status_code, exc.message, exc.code)
+                    return
+            else:
+                lease = await waiting
+            waiting = None
+        drop = PROXY_AUTH_HEADERS if manager.config.api_keys else ()
+        try:
+            response = await upstream.send(
+                scope["method"], lease.base_url + target.path,
+                request_headers(scope["headers"], drop), target.body or None)
+        except UpstreamError as exc:
+            message = await _failure(manager, lease, exc, "did not answer")
+            if progress is None:
+                raise UpstreamUnavailable(message) from None
+            await _end_stream(send, dialect, 502, message, "upstream_unavailable")
+            return
+        await _relay(manager, lease, response, progress, dialect, send, watch)
+    except asyncio.CancelledError:
+        if watch is None or not watch.gone:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        logger.bind(model=model_id, path=path).info(
+            "client disconnected; upstream request cancelled")
+    except ClientGone:
+        logger.bind(model=model_id, path=path).info("client disconnected mid-body")
+    finally:
+        if watch is not None:
+            watch.stop()
+        if waiting is not None and not waiting.done():
+            waiting.cancel()  # acquire() gives back an admission that races the cancel
+        lease = lease or _admitted(waiting)
+        if response is not None:
+            response.close()
+        if lease is not None:
+            lease.release()
+
+
+async def _relay(
+    manager: ModelManager, lease: Lease, response: UpstreamResponse, progress: _Progress | None,
+    dialect: Dialect, send: Send, watch: _ClientWatch,
+) -> None:
+    """Relay the upstream answer to the client, chunk by chunk as it arrives."""
+    if progress is not None:
+        # The stream's headers (200, event stream) are long sent: report a failure in-band.
+        if response.status != 200:
+            detail = (await response.read())[:ERROR_DETAIL_BYTES].decode("utf-8", "replace")
+            message = f"model {lease.model_id!r} answered {response.status}: {detail}"
+            await _end_stream(send, dialect, 502, message, "upstream_error")
+            return
+    else:
+        start: Message = {"type": "http.response.start", "status": response.status,
+                          "headers": response_headers(response.raw_headers)}
+        if response.small:
+            try:
+                body = await response.read()
+            except UpstreamError as exc:
+                raise UpstreamUnavailable(
+                    await _failure(manager, lease, exc, "stopped answering mid-response")
+                ) from None
+            watch.stop()
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        await send(start)
+    try:
+        async for chunk in response.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        message = await _failure(manager, lease, exc, "stopped answering mid-response")
+        if progress is not None or response.is_event_stream:
+            watch.stop()
+            await send({"type": "http.response.body", "more_body": False,
+                        "body": sse_error_event(dialect, 502, message, "model_stopped")})
+        else:
+            # No in-band way to say it: end without the final chunk, so the client sees a
+            # broken body rather than a short one that looks complete.
+            logger.bind(model=lease.model_id).warning("response cut: {}", message)
+        return
+    watch.stop()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _failure(manager: ModelManager, lease: Lease, exc: UpstreamError, what: str) -> str:
+    """Why the model server failed us: its container's death when it died, else the error."""
+    reason = await manager.report_upstream_failure(lease)
+    return f"model {lease.model_id!r} {what}: {reason or exc}"
+
+
+async def _end_stream(send: Send, dialect: Dialect, status: int, message: str, code: str) -> None:
+    await send({"type": "http.response.body", "more_body": True,
+                "body": sse_error_event(dialect, status, message, code)})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
