@@ -20,6 +20,8 @@ Images (tags are what the demo config and the tests name):
 * ``llamaswap/llama-server:local``      ``images/llama-server``: Debian's CPU ``llama-server``
 * ``llamaswap/llamaswap-docker:local``  ``images/proxy``: the proxy, installed from a wheelhouse
   that ``pip wheel`` builds from this checkout first (needs PyPI or a pip cache)
+* ``llamaswap/nginx-upstream:local``    ``images/nginx-upstream``: a fixed-answer nginx, for the
+  relay benchmark only (not built by default)
 
 Usage: ``python images/build.py [--source local|registry] [--force] [--only NAME ...]``
 """
@@ -47,6 +49,7 @@ LLAMA_BASE = "llamaswap/debian-llama:forky"
 FAKE_UPSTREAM = "llamaswap/fake-upstream:local"
 LLAMA_SERVER = "llamaswap/llama-server:local"
 PROXY = "llamaswap/llamaswap-docker:local"
+NGINX_UPSTREAM = "llamaswap/nginx-upstream:local"
 
 # Paths left out of imported root filesystems: kernel filesystems and what no server reads.
 _ROOTFS_EXCLUDES = (
@@ -90,6 +93,9 @@ BUILDS = {
     FAKE_UPSTREAM: DockerfileImage(FAKE_UPSTREAM, "fake-upstream", PYTHON_BASE, "python:3.11-slim"),
     LLAMA_SERVER: DockerfileImage(LLAMA_SERVER, "llama-server", LLAMA_BASE, "debian:sid-slim"),
     PROXY: DockerfileImage(PROXY, "proxy", PYTHON_BASE, "python:3.11-slim"),
+    # Only for benchmarks/bench_relay.py (built when it runs).
+    NGINX_UPSTREAM: DockerfileImage(NGINX_UPSTREAM, "nginx-upstream", PYTHON_BASE,
+                                    "debian:bookworm-slim"),
 }
 
 #: The images the test suite and the demo config need.

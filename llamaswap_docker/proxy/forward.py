@@ -150,12 +150,13 @@ async def _target(manager: ModelManager, scope: Scope, receive: Receive) -> _Tar
     path: str = scope["path"]
     query: bytes = scope["query_string"]
     if path.startswith("/upstream/"):
-        model_id, rest = split_upstream_target(config.resolve, path[len("/upstream/"):],
-                                               scope.get("raw_path"))
+        raw_path: bytes | None = scope.get("raw_path")
+        model_id, rest = split_upstream_target(
+            config.resolve, path[len("/upstream/"):],
+            raw_path.decode("latin-1")[len("/upstream/"):] if raw_path else None)
         body = await read_body(headers, receive, config.max_request_body_size(model_id))
-        upstream_path = "/" + rest + ("?" + query.decode("latin-1") if query else "")
-        return _Target(model_id, upstream_path, body if scope["method"] not in (
-            "GET", "HEAD") or body else b"")
+        return _Target(model_id, "/" + rest + ("?" + query.decode("latin-1") if query else ""),
+                       body)
     body = await read_body(headers, receive, config.max_request_body_size())
     query_model = None
     if query:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -170,24 +170,22 @@ def _json_kind(value: Any) -> str:
 
 
 def split_upstream_target(
-    resolve: Callable[[str], str | None], target: str, raw_path: bytes | None = None
+    resolve: Callable[[str], str | None], target: str, raw_target: str | None = None
 ) -> tuple[str, str]:
-    """``/upstream/<model>/<path>``: the longest prefix of ``target`` naming a model (ids may
+    """``/upstream/<model>/<path>``: the longest prefix of the target naming a model (ids may
     contain '/'), and the rest of the path.
 
-    The rest is taken from the raw (still percent-encoded) path when it lines up, so ``%2F``
-    or ``%3F`` reach the model server as the client wrote them.
+    ``raw_target`` is the same target still percent-encoded, as the client wrote it: the rest is
+    cut from it, so ``%2F``, ``%3F`` or ``%00`` reach the model server unchanged.
 
     Raises:
         ModelNotFound: no prefix names a model.
     """
-    parts = target.split("/")
-    raw_parts = raw_path.decode("latin-1").split("/")[2:] if raw_path else []
+    parts = (raw_target if raw_target is not None else target).split("/")
     for cut in range(len(parts), 0, -1):
-        model_id = resolve("/".join(parts[:cut]))
+        prefix = "/".join(parts[:cut])
+        model_id = resolve(unquote(prefix) if raw_target is not None else prefix)
         if model_id is not None:
-            if len(raw_parts) == len(parts):
-                return model_id, "/".join(raw_parts[cut:])
             return model_id, "/".join(parts[cut:])
     raise ModelNotFound(
         f"no model in /upstream/{target}; GET /v1/models lists the models you can use"

@@ -10,7 +10,8 @@ import pytest
 from llamaswap_docker.config import load_config_text
 from llamaswap_docker.errors import RequestError
 from llamaswap_docker.proxy import parse_model_request, request_headers, rewrite_body
-from llamaswap_docker.proxy.routing import multipart_field, replace_multipart_field
+from llamaswap_docker.errors import ModelNotFound
+from llamaswap_docker.proxy.routing import multipart_field, replace_multipart_field, split_upstream_target
 
 CONFIG = load_config_text("""
 models:
@@ -104,3 +105,24 @@ def test_header_values_reach_upstream_as_the_bytes_the_client_sent() -> None:
 def test_model_field_of_the_wrong_type_is_a_clear_request_error(body: bytes, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         parse_model_request(body, "application/json", None)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("a/v1/models", ("a", "v1/models")),
+    ("a/a%2Fb%00", ("a", "a%2Fb%00")),  # the rest stays percent-encoded as written
+    ("org/model/health", ("org/model", "health")),  # ids may contain '/'
+    ("org%2Fmodel/health", ("org/model", "health")),
+    ("org/model", ("org/model", "")),
+    ("a", ("a", "")),
+])
+def test_upstream_target_splits_at_the_longest_model_prefix(raw, expected) -> None:
+    from urllib.parse import unquote
+
+    known = {"a", "org/model"}
+    resolve = lambda name: name if name in known else None  # noqa: E731
+    assert split_upstream_target(resolve, unquote(raw), raw) == expected
+
+
+def test_upstream_target_naming_no_model_is_model_not_found() -> None:
+    with pytest.raises(ModelNotFound, match="no model in /upstream/x/y"):
+        split_upstream_target(lambda name: None, "x/y", "x/y")

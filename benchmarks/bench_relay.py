@@ -1,0 +1,301 @@
+"""The relay against the strongest baseline: direct calls and nginx, on the same upstream.
+
+One upstream container (Debian's nginx answering a fixed chat completion, image
+``llamaswap/nginx-upstream:local``) is started by llamaswap-docker as a model. Three targets
+get the same keep-alive POSTs from ``wrk``, in alternating rounds so all see the same machine
+load: the container's published port (direct), nginx on the host reverse-proxying to that port
+(keep-alive upstream, buffering off, one worker like our one process), and llamaswap-docker.
+Then SSE: 64-chunk streams from the fake upstream with no token delay, direct vs through the
+proxy, first chunk and whole stream. Then the upstream-client candidates alone against the
+same upstream (why the data plane uses aiohttp).
+
+Needs ``wrk`` and ``nginx`` on the host (``apt-get install -y wrk nginx-light``) and the local
+images (built when missing). Prints tables; asserts nothing.
+
+    python3 benchmarks/bench_relay.py [--duration 5] [--rounds 3] [--streams 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+from common import fake_model, free_port, percentile, proxy_process
+
+REPO = Path(__file__).resolve().parent.parent
+NGINX_IMAGE = "llamaswap/nginx-upstream:local"
+CONCURRENCY = (1, 16, 64)
+TARGETS = ("direct", "nginx", "llamaswap")
+BODY = ('{"model":"bench","messages":[{"role":"user","content":"Hello, who are you?"}],'
+        '"max_tokens":16}')
+
+
+def ensure_images() -> None:
+    spec = importlib.util.spec_from_file_location("images_build", REPO / "images" / "build.py")
+    assert spec and spec.loader
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder
+    spec.loader.exec_module(builder)
+    builder.ensure_images((builder.FAKE_UPSTREAM, builder.NGINX_UPSTREAM))
+
+
+@contextlib.contextmanager
+def host_nginx(upstream: str) -> Iterator[str]:
+    """nginx on the host as a keep-alive reverse proxy to ``upstream`` (host:port)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1;
+error_log {tmp}/error.log warn;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}; proxy_temp_path {tmp};
+    fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+    keepalive_requests 1000000;
+    upstream model {{ server {upstream}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+        process = subprocess.Popen(["nginx", "-p", tmp, "-c", str(conf), "-g", "daemon off;"],
+                                   stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 10
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    httpx.get(f"{url}/health", timeout=1)
+                    break
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("nginx did not start")
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
+    """One ``wrk`` run: req/s, p50 and p99 in ms, and failed requests."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+         f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    if bad or errors:
+        print(f"  ! {url} c={connections}: {bad.group(0) if bad else ''} "
+              f"{errors.group(0) if errors else ''}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def relay_table(urls: dict[str, str], duration: float, rounds: int) -> dict[tuple[str, int], dict]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
+                     "wrk.headers[\"Content-Type\"] = \"application/json\"\n")
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    try:
+        for target in TARGETS:  # warm every connection path once
+            run_wrk(urls[target], 64, 1, Path(script.name))
+        for round_index in range(rounds):
+            order = TARGETS[round_index % 3:] + TARGETS[:round_index % 3]
+            for connections in CONCURRENCY:
+                for target in order:
+                    runs.setdefault((target, connections), []).append(
+                        run_wrk(urls[target], connections, duration, Path(script.name)))
+            print(f"  round {round_index + 1}/{rounds} done")
+    finally:
+        os.unlink(script.name)
+    return {key: {metric: statistics.median(run[metric] for run in values)
+                  for metric in ("rps", "p50", "p99")} for key, values in runs.items()}
+
+
+async def stream_times(urls: dict[str, str], streams: int) -> dict[str, dict[str, list[float]]]:
+    """First chunk and whole stream, seconds; direct and proxy requests alternate."""
+    body = {"model": "sse", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64,
+            "stream": True}
+    times: dict[str, dict[str, list[float]]] = {t: {"first": [], "whole": []} for t in urls}
+    async with aiohttp.ClientSession() as session:
+        for index in range(streams + 20):
+            for target, url in urls.items():
+                started = time.perf_counter()
+                async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+                    assert response.status == 200, await response.text()
+                    await response.content.readany()
+                    first = time.perf_counter() - started
+                    data = await response.content.read()
+                    whole = time.perf_counter() - started
+                assert b"[DONE]" in data or index < 0
+                if index >= 20:  # the first 20 warm up
+                    times[target]["first"].append(first)
+                    times[target]["whole"].append(whole)
+    return times
+
+
+async def client_alone(kind: str, url: str, connections: int, requests: int) -> float:
+    """Requests/s of one upstream-client candidate driving ``url`` with ``connections``
+    concurrent keep-alive POSTs."""
+    payload = BODY.encode()
+    headers = {"content-type": "application/json"}
+    if kind == "aiohttp":
+        sys.path.insert(0, str(REPO))
+        from llamaswap_docker.proxy.upstream import UpstreamClient
+
+        client = UpstreamClient()
+        await client.open()
+
+        async def one() -> None:
+            response = await client.send("POST", f"{url}/v1/chat/completions",
+                                         list(headers.items()), payload)
+            await response.read()
+            response.close()
+        close = client.close
+    else:
+        if kind == "httpx (wave 1)":
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64,
+                                  keepalive_expiry=30.0)
+        else:  # tuned: a pool sized to the concurrency, short expiry
+            limits = httpx.Limits(max_connections=connections,
+                                  max_keepalive_connections=connections, keepalive_expiry=3.0)
+        session = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0), trust_env=False)
+
+        async def one() -> None:
+            response = await session.post(f"{url}/v1/chat/completions", content=payload,
+                                          headers=headers)
+            response.read()
+        close = session.aclose
+    per_worker = requests // connections
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))  # warm up
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    await close()
+    return per_worker * connections / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=300, help="SSE streams per target")
+    parser.add_argument("--client-requests", type=int, default=3000)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    try:
+        import uvloop
+        uvloop.install()  # the proxy's loop, for the client-alone figures too
+    except ImportError:
+        pass
+    ensure_images()
+    models = {
+        "bench": {"image": NGINX_IMAGE, "port": 8080, "checkEndpoint": "/health"},
+        "sse": fake_model("--tokens", "64"),
+    }
+    groups = {"all": {"swap": False, "exclusive": False, "members": ["bench", "sse"]}}
+    print(f"machine: {os.cpu_count()} cores; wrk -t1, keep-alive POST, {args.duration:g} s runs, "
+          f"median of {args.rounds} alternating rounds")
+    with proxy_process(models, groups=groups) as proxy:
+        for model in models:
+            httpx.post(f"{proxy}/api/models/load/{model}", timeout=60).raise_for_status()
+        running = {e["model"]: e["base_url"] for e in
+                   httpx.get(f"{proxy}/running", timeout=10).json()["running"]}
+        direct = running["bench"]
+        with host_nginx(direct.removeprefix("http://")) as nginx:
+            urls = {"direct": direct, "nginx": nginx, "llamaswap": proxy}
+            table = relay_table(urls, args.duration, args.rounds)
+        streams = asyncio.run(stream_times({"direct": running["sse"], "llamaswap": proxy},
+                                           args.streams))
+        clients = {}
+        for kind in ("httpx (wave 1)", "httpx (tuned)", "aiohttp"):
+            for connections in CONCURRENCY:
+                clients[(kind, connections)] = asyncio.run(
+                    client_alone(kind, direct, connections, args.client_requests))
+
+    print("\nRelay, req/s (p50 / p99 ms):")
+    print(f"{'c':>4} | {'direct':>24} | {'nginx':>24} | {'llamaswap-docker':>24} | "
+          f"{'vs nginx':>8} | {'+p50 vs direct':>14}")
+    for c in CONCURRENCY:
+        cells = [f"{table[(t, c)]['rps']:8.0f} ({table[(t, c)]['p50']:5.2f}/{table[(t, c)]['p99']:6.2f})"
+                 for t in TARGETS]
+        ratio = table[("llamaswap", c)]["rps"] / table[("nginx", c)]["rps"]
+        added = table[("llamaswap", c)]["p50"] - table[("direct", c)]["p50"]
+        print(f"{c:>4} | {cells[0]:>24} | {cells[1]:>24} | {cells[2]:>24} | {ratio:7.2f}x | "
+              f"{added:+11.2f} ms")
+
+    print(f"\nSSE, 64 chunks, no token delay, {args.streams} streams each (ms):")
+    overhead = {}
+    for what in ("first", "whole"):
+        d = [v * 1000 for v in streams["direct"][what]]
+        p = [v * 1000 for v in streams["llamaswap"][what]]
+        overhead[what] = (percentile(p, 50) - percentile(d, 50), percentile(p, 99) - percentile(d, 99))
+        print(f"  {what + ' chunk' if what == 'first' else 'whole stream':>12}: direct p50 "
+              f"{percentile(d, 50):6.2f} p99 {percentile(d, 99):6.2f} | proxy p50 "
+              f"{percentile(p, 50):6.2f} p99 {percentile(p, 99):6.2f} | overhead p50 "
+              f"{overhead[what][0]:+.2f} p99 {overhead[what][1]:+.2f}")
+
+    print(f"\nUpstream clients alone against the same upstream, req/s ({args.client_requests} "
+          "requests):")
+    print(f"  {'client':<16}" + "".join(f"{'c=' + str(c):>10}" for c in CONCURRENCY))
+    for kind in ("httpx (wave 1)", "httpx (tuned)", "aiohttp"):
+        print(f"  {kind:<16}" + "".join(f"{clients[(kind, c)]:10.0f}" for c in CONCURRENCY))
+
+    c16, c64 = table[("llamaswap", 16)], table[("llamaswap", 64)]
+    checks = [
+        ("≥ 0.3x nginx req/s at c=16", c16["rps"] / table[("nginx", 16)]["rps"] >= 0.3),
+        ("≥ 0.3x nginx req/s at c=64", c64["rps"] / table[("nginx", 64)]["rps"] >= 0.3),
+        ("c=64 ≥ 0.9x c=16 (no collapse)", c64["rps"] >= 0.9 * c16["rps"]),
+        ("added p50 ≤ 0.5 ms at c=1",
+         table[("llamaswap", 1)]["p50"] - table[("direct", 1)]["p50"] <= 0.5),
+        ("SSE first-chunk overhead ≤ 1 ms p50", overhead["first"][0] <= 1.0),
+    ]
+    print("\nTargets:")
+    for label, met in checks:
+        print(f"  [{'met' if met else 'NOT met'}] {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

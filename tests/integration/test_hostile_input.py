@@ -1,0 +1,256 @@
+"""Hostile and broken input at every stage of the hop, on the real engine.
+
+After each case: an answer below 500 (a 4xx in the caller's dialect where the proxy refuses),
+nothing logged at ERROR, nothing held (``in_flight`` and ``waiting`` back to 0 in
+``/running``), and a swap to the other model still completes — one leaked lease would block it
+forever.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from loguru import logger
+
+from tests.conftest import fake_model
+
+LIMIT = 1024 * 1024  # maxRequestBodySize for these proxies: oversized bodies stay cheap
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[str]]:
+    """Every record logged at ERROR or above while the test runs (uvicorn's too)."""
+    from llamaswap_docker.logs import intercept_stdlib_logging
+
+    intercept_stdlib_logging()
+    records: list[str] = []
+    sink = logger.add(lambda message: records.append(str(message)), level="ERROR")
+    yield records
+    logger.remove(sink)
+
+
+@pytest.fixture
+def proxy(start_proxy):
+    # a and b share the default swap group: serving one means stopping the other.
+    return start_proxy(
+        {
+            "a": fake_model("--model-name", "a"),
+            "b": fake_model("--model-name", "b"),
+            "slow-start": fake_model("--load-delay", "3"),
+            "slow-answer": fake_model("--tokens", "40", "--token-rate", "10"),
+            "hangs": fake_model("--hang"),
+        },
+        maxRequestBodySize=LIMIT,
+    )
+
+
+def raw_http(url: str, head: bytes, body: bytes = b"", *, close_after: float | None = None,
+             read: bool = True) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; return (status, headers, body). ``close_after``: hang up after
+    that many seconds without reading the answer (status 0)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        if close_after is not None:
+            time.sleep(close_after)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            return 0, {}, b""
+        if not read:
+            return 0, {}, b""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        header_block, _, rest = data.partition(b"\r\n\r\n")
+        lines = header_block.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, headers, rest
+
+
+def post_head(path: str, length: int, content_type: str = "application/json",
+              extra: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n").encode() + extra + b"Connection: close\r\n\r\n"
+
+
+def chat_body(model: str, **extra: Any) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 2, **extra}).encode()
+
+
+def running(url: str) -> dict[str, dict[str, Any]]:
+    return {e["model"]: e for e in httpx.get(f"{url}/running?all=true", timeout=10).json()["running"]}
+
+
+def assert_nothing_held(url: str, case: str) -> None:
+    """in_flight and waiting return to 0 (the proxy notices a gone client within a moment)."""
+    deadline = time.monotonic() + 5
+    while True:
+        held = {m: (e.get("in_flight"), e.get("waiting")) for m, e in running(url).items()
+                if e.get("in_flight") or e.get("waiting")}
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{case}: still held after 5 s: {held}")
+        time.sleep(0.05)
+
+
+def assert_swap_completes(url: str, case: str) -> None:
+    for model in ("b", "a"):
+        response = httpx.post(f"{url}/v1/chat/completions", content=chat_body(model),
+                              headers={"content-type": "application/json"}, timeout=30)
+        assert response.status_code == 200, f"{case}: swap to {model}: {response.text}"
+    assert running(url)["a"]["state"] == "ready"
+
+
+def assert_openai_error(status: int, body: bytes, expected: int, case: str) -> None:
+    assert status == expected, f"{case}: {status} {body[:300]!r}"
+    error = json.loads(body)["error"]
+    assert error["message"] and error["type"], case
+
+
+def test_malformed_bodies_get_400_in_the_callers_dialect(proxy, errors_logged) -> None:
+    deep = b'{"model": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    boundary_missing = (b"--nowhere\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\na\r\n")
+    cases = {
+        "invalid UTF-8": (b'{"model": "a", "x": "\xff\xfe"}', "application/json"),
+        "array": (b'[{"model": "a"}]', "application/json"),
+        "string": (b'"a"', "application/json"),
+        "nested 100,000 deep": (deep, "application/json"),
+        "model is a number": (b'{"model": 42}', "application/json"),
+        "model is null": (b'{"model": null}', "application/json"),
+        "model is an object": (b'{"model": {"id": "a"}}', "application/json"),
+        "boundary never appears": (boundary_missing,
+                                   "multipart/form-data; boundary=not-in-the-body"),
+    }
+    httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
+    for case, (body, content_type) in cases.items():
+        status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions", len(body),
+                                                          content_type), body)
+        assert_openai_error(status, answer, 400, case)
+        assert_nothing_held(proxy.url, case)
+    # Anthropic's clients get Anthropic's shape.
+    status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 5), b"[1,2]")
+    assert status == 400 and json.loads(answer)["type"] == "error", answer
+    assert errors_logged == []
+    assert_swap_completes(proxy.url, "malformed bodies")
+
+
+def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, errors_logged) -> None:
+    httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
+    base = proxy.manager.models["a"].container.base_url
+    body = chat_body("a")
+
+    # Latin-1 and UTF-8 bytes ≥ 0x80: forwarded, the request served.
+    for value in (b"caf\xe9", "café ☃".encode()):
+        status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions", len(body),
+                                                          extra=b"X-Note: " + value + b"\r\n"), body)
+        assert status == 200, (value, answer[:300])
+        seen = httpx.get(f"{base}/debug/stats", timeout=5).json()["last_headers"]["x-note"]
+        # The fake reads header bytes as Latin-1: UTF-8 arrives byte for byte.
+        if value != b"caf\xe9":
+            assert seen.encode("latin-1") == value
+        assert_nothing_held(proxy.url, f"header {value!r}")
+
+    # Control bytes: refused (by the HTTP parser, or by the hop) — never a 500, nothing held.
+    for value in (b"a\x01b", b"a\x7fb", b"a\x00b"):
+        status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions", len(body),
+                                                          extra=b"X-Note: " + value + b"\r\n"), body)
+        assert 400 <= status < 500, (value, status, answer[:300])
+        assert_nothing_held(proxy.url, f"header {value!r}")
+
+    # %00 and %2F in /upstream paths reach the model server as written; its 404 is relayed.
+    for path in ("/upstream/a/a%2Fb%00", "/upstream/a/%2e%2e/%00", "/upstream/a/x%zz?q=%00"):
+        status, _, answer = raw_http(
+            proxy.url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert status == 404, (path, status, answer[:300])
+        assert path.removeprefix("/upstream/a").split("?")[0] in answer.decode(), answer
+        assert_nothing_held(proxy.url, path)
+    status, _, answer = raw_http(
+        proxy.url, b"GET /upstream/nope/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert_openai_error(status, answer, 404, "unknown model in /upstream")
+    assert errors_logged == []
+    assert_swap_completes(proxy.url, "odd headers and paths")
+
+
+def test_clients_leaving_at_every_stage_release_the_model(proxy, errors_logged) -> None:
+    httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
+    body = chat_body("a")
+
+    # Mid-body: 10 of 1,000 promised bytes, then gone.
+    raw_http(proxy.url, post_head("/v1/chat/completions", 1000), body[:10], close_after=0.3)
+    assert_nothing_held(proxy.url, "mid-body")
+
+    # While its cold model starts (3 s load): the queued request is dropped.
+    slow = chat_body("slow-start")
+    raw_http(proxy.url, post_head("/v1/chat/completions", len(slow)), slow, close_after=0.5)
+    assert_nothing_held(proxy.url, "waiting for a cold model")
+
+    # While waiting for upstream headers (a non-streamed answer that never comes).
+    hang = chat_body("hangs")
+    raw_http(proxy.url, post_head("/v1/chat/completions", len(hang)), hang, close_after=2.0)
+    assert_nothing_held(proxy.url, "waiting for upstream headers")
+    hangs_url = proxy.manager.models["hangs"].container
+    assert hangs_url is None or httpx.get(
+        f"{hangs_url.base_url}/debug/stats", timeout=5).json()["in_flight"] == 0
+
+    # Mid-stream: read the first chunk of a slow stream, then gone.
+    stream = chat_body("slow-answer", stream=True, max_tokens=40)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(post_head("/v1/chat/completions", len(stream)) + stream)
+        assert b"200" in sock.recv(65536).split(b"\r\n")[0]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    assert_nothing_held(proxy.url, "mid-stream")
+    slow_answer = proxy.manager.models["slow-answer"].container
+    deadline = time.monotonic() + 5
+    while slow_answer is not None:  # the cancel reached the model server
+        stats = httpx.get(f"{slow_answer.base_url}/debug/stats", timeout=5).json()
+        if stats["cancelled_streams"] >= 1 or time.monotonic() > deadline:
+            assert stats["cancelled_streams"] >= 1, stats
+            break
+        time.sleep(0.1)
+    assert errors_logged == []
+    assert_swap_completes(proxy.url, "clients leaving")
+
+
+def test_oversized_bodies_get_413_before_the_body_is_read(proxy, errors_logged) -> None:
+    httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
+    # Declared: answered from the headers alone, while the body is still unsent.
+    status, headers, answer = raw_http(proxy.url, post_head("/v1/chat/completions", 50 * LIMIT))
+    assert_openai_error(status, answer, 413, "declared too large")
+    assert "maxRequestBodySize" in json.loads(answer)["error"]["message"]
+    status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 50 * LIMIT))
+    assert status == 413 and json.loads(answer)["error"]["type"] == "request_too_large"
+    # Chunked: refused once the bytes received cross the limit.
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    piece = b"x" * 65536
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(20)) + b"0\r\n\r\n"
+    status, _, answer = raw_http(proxy.url, head, chunked)
+    assert_openai_error(status, answer, 413, "chunked too large")
+    # The same limit bounds /upstream bodies; a body under it is served.
+    status, _, answer = raw_http(proxy.url, post_head("/upstream/a/v1/chat/completions",
+                                                      2 * LIMIT))
+    assert_openai_error(status, answer, 413, "upstream too large")
+    small = chat_body("a")
+    status, _, _ = raw_http(proxy.url, post_head("/v1/chat/completions", len(small)), small)
+    assert status == 200
+    assert_nothing_held(proxy.url, "oversized")
+    assert errors_logged == []
+    assert_swap_completes(proxy.url, "oversized bodies")
