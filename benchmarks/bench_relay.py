@@ -112,7 +112,7 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
     """One ``wrk`` run: req/s, p50 and p99 in ms, and failed requests."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
          f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -157,11 +157,11 @@ async def stream_times(urls: dict[str, str], streams: int) -> dict[str, dict[str
                 started = time.perf_counter()
                 async with session.post(f"{url}/v1/chat/completions", json=body) as response:
                     assert response.status == 200, await response.text()
-                    await response.content.readany()
+                    data = await response.content.readany()
                     first = time.perf_counter() - started
-                    data = await response.content.read()
+                    data += await response.content.read()
                     whole = time.perf_counter() - started
-                assert b"[DONE]" in data or index < 0
+                assert data.count(b"data: ") >= 64 and b"[DONE]" in data, data[-200:]
                 if index >= 20:  # the first 20 warm up
                     times[target]["first"].append(first)
                     times[target]["whole"].append(whole)

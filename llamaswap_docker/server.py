@@ -64,6 +64,8 @@ def uvicorn_config(app: object, host: str, port: int, **overrides: object) -> uv
     options: dict[str, object] = {
         "host": host, "port": port, "loop": "auto", "http": _no_delay_protocol(),
         "log_config": None, "access_log": False, "lifespan": "on",
+        # X-Forwarded-For is not trusted (and not parsed on every request).
+        "proxy_headers": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
     options.update(overrides)

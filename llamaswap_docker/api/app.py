@@ -15,8 +15,7 @@ from starlette.responses import Response
 
 from llamaswap_docker import __version__
 from llamaswap_docker.api import admin, inference, logs
-from llamaswap_docker.api.auth import ApiKeyMiddleware
-from llamaswap_docker.api.inference import InferenceRoutes
+from llamaswap_docker.api.inference import ProxyApp
 from llamaswap_docker.api.errors import error_response, llamaswap_error_response
 from llamaswap_docker.proxy.dialects import dialect_for_path
 from llamaswap_docker.api.state import AppState
@@ -34,8 +33,9 @@ def new_control_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False)
 
 
-def create_app(config: Config, engine: Engine) -> FastAPI:
-    """Build the proxy app for ``config`` on a connected ``engine``."""
+def create_app(config: Config, engine: Engine) -> ProxyApp:
+    """Build the proxy app for ``config`` on a connected ``engine``: the hop for inference
+    requests, FastAPI for the rest (``ProxyApp``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,9 +71,6 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(inference.router)
     app.include_router(logs.router)
-    # Added first, so it runs inside the key check: inference requests go to the hop directly.
-    app.add_middleware(InferenceRoutes)
-    app.add_middleware(ApiKeyMiddleware, config=config)
 
     @app.exception_handler(LlamaswapError)
     async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:
@@ -103,6 +100,6 @@ def create_app(config: Config, engine: Engine) -> FastAPI:
         return error_response(dialect_for_path(request.url.path), 500,
                               "internal error in llamaswap-docker; see the proxy log", "internal_error")
 
-    return app
+    return ProxyApp(app, config)
 
 

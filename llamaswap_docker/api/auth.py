@@ -17,6 +17,7 @@ import binascii
 import hmac
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
 from loguru import logger
 from starlette.datastructures import Headers
@@ -77,20 +78,21 @@ class ApiKeyMiddleware:
     effect at once); before the app's lifespan has set its state, ``config``'s keys apply.
     """
 
-    def __init__(self, app: ASGIApp, config: Config) -> None:
+    def __init__(self, app: ASGIApp, config: Config, state: Any) -> None:
         self.app = app
         self.config = config
+        self.state = state  # the app's ``state``; its ``llamaswap`` is set by the lifespan
 
-    def _keys(self, scope: Scope) -> Sequence[str]:
-        state = getattr(getattr(scope.get("app"), "state", None), "llamaswap", None)
-        config = state.config if state is not None else self.config
+    def _keys(self) -> Sequence[str]:
+        running = getattr(self.state, "llamaswap", None)
+        config = running.config if running is not None else self.config
         return config.api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        keys = self._keys(scope)
+        keys = self._keys()
         if not keys:
             await self.app(scope, receive, send)
             return

@@ -1,7 +1,7 @@
 """Inference routes: OpenAI, Anthropic and llama-server paths, ``/upstream``, ``/v1/models``.
 
-The inference paths are dispatched by ``InferenceRoutes``, a pure ASGI middleware, straight to
-the hop (``proxy.forward``): no per-request routing table scan, request object or dependency
+``ProxyApp``, the app the server runs, sends the inference paths straight to the hop
+(``proxy.forward``): no routing-table scan, middleware stack, request object or dependency
 machinery on the hot path. It renders what the hop raises in the caller's dialect. FastAPI
 keeps ``/v1/models`` and the management API (and their OpenAPI schema).
 """
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from loguru import logger
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llamaswap_docker.api.auth import ApiKeyMiddleware
 from llamaswap_docker.api.errors import error_headers, error_response
 from llamaswap_docker.api.state import app_state
+from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.proxy import dialect_for_path, forward
 
-__all__ = ["router", "INFERENCE_PATHS", "InferenceRoutes"]
+__all__ = ["router", "INFERENCE_PATHS", "ProxyApp"]
 
 #: Routes whose model is named in the request (body, form field or ?model=).
 INFERENCE_PATHS = frozenset({
@@ -46,13 +48,25 @@ UPSTREAM_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "
 router = APIRouter()
 
 
-class InferenceRoutes:
-    """Send inference requests to the hop; everything else to the wrapped app."""
+class ProxyApp:
+    """The ASGI app the server runs: inference requests straight to the hop, everything else
+    (management API, ``/v1/models``, OpenAPI) to FastAPI; API keys checked for both.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    ``state`` is the FastAPI app's, where the lifespan puts the running ``AppState``.
+    """
+
+    def __init__(self, api: FastAPI, config: Config) -> None:
+        self.api = api
+        self.state = api.state
+        self._checked = ApiKeyMiddleware(self._dispatch, config, api.state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, receive, send)
+        else:
+            await self._checked(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             method: str = scope["method"]
@@ -60,20 +74,28 @@ class InferenceRoutes:
                     path.startswith("/upstream/") and method in UPSTREAM_METHODS):
                 await self._forward(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await self.api(scope, receive, send)
 
-    @staticmethod
-    async def _forward(scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state.llamaswap
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state.llamaswap
+        path: str = scope["path"]
         try:
             await forward(state.manager, state.upstream, scope, receive, send)
         except LlamaswapError as exc:
-            # Nothing was sent yet (the hop reports later failures in-band).
-            logger.bind(path=scope["path"], status=exc.status_code).warning(
+            # Raised before anything was sent (the hop reports later failures in-band).
+            logger.bind(path=path, status=exc.status_code).warning(
                 "request failed: {}", exc.message.splitlines()[0])
-            response = error_response(dialect_for_path(scope["path"]), exc.status_code,
-                                      exc.message, exc.code, error_headers(exc))
-            await response(scope, receive, send)
+            await error_response(dialect_for_path(path), exc.status_code, exc.message, exc.code,
+                                 error_headers(exc))(scope, receive, send)
+        except Exception as exc:
+            logger.opt(exception=exc).bind(path=path).error(
+                "unexpected error: {}: {}", type(exc).__name__, exc)
+            try:
+                await error_response(dialect_for_path(path), 500,
+                                     "internal error in llamaswap-docker; see the proxy log",
+                                     "internal_error")(scope, receive, send)
+            except RuntimeError:  # the response had started: the server closes the connection
+                raise exc from None
 
 
 @router.get("/v1/models")

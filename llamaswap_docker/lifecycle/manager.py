@@ -720,8 +720,9 @@ class ModelManager:
     def _release(self, runtime: ModelRuntime) -> None:
         runtime.in_flight -= 1
         runtime.last_used = time.monotonic()
-        self._released.set()
-        self._wake.set()
+        self._released.set()  # a drain waits for this
+        if self._waiters:  # only a queued request can be admitted now (no pump wake-up else)
+            self._wake.set()
 
     def _spawn(self, coroutine: object) -> None:
         task = asyncio.create_task(coroutine)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 from loguru import logger
 from starlette.types import Message, Receive, Scope, Send
 
+from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError, RequestTooLarge, UpstreamUnavailable
 from llamaswap_docker.lifecycle import Lease, ModelManager, ModelState
 from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, sse_error_event
@@ -47,6 +48,8 @@ __all__ = ["ClientGone", "PROGRESS_INTERVAL_S", "forward", "read_body"]
 
 #: Seconds between loading-progress deltas while a model starts (``sendLoadingState``).
 PROGRESS_INTERVAL_S = 1.0
+#: Seconds after which a request still in progress starts watching for its client leaving.
+WATCH_AFTER_S = 0.02
 #: Credentials meant for the proxy, never forwarded to a model server when ``apiKeys`` is set.
 PROXY_AUTH_HEADERS = (b"authorization", b"x-api-key")
 #: The most of an upstream error body quoted in an in-band error.
@@ -97,13 +100,23 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
 
 class _ClientWatch:
     """Once the body is read, ``receive`` only ever says the client left (or the response
-    ended): wait for that in one small task and cancel the request's task when it comes."""
+    ended): wait for that in one small task and cancel the request's task when it comes.
+
+    The task starts only if the request is still going after ``WATCH_AFTER_S``: a quick answer
+    (most non-streamed ones) never pays for it, and a client that leaves a long one is
+    noticed at most that much later.
+    """
 
     def __init__(self, receive: Receive) -> None:
         self.gone = False
         self._active = True
+        self._receive = receive
         self._request_task = asyncio.current_task()
-        self._task = asyncio.ensure_future(self._watch(receive))
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._watch(self._receive))
         self._task.add_done_callback(self._on_done)
 
     @staticmethod
@@ -120,7 +133,9 @@ class _ClientWatch:
 
     def stop(self) -> None:
         self._active = False
-        self._task.cancel()
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _Target:
@@ -143,9 +158,37 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
     return ""
 
 
-async def _target(manager: ModelManager, scope: Scope, receive: Receive) -> _Target:
+class _Routes:
+    """What the hop reads of a config on every request, as plain attributes (pydantic
+    properties and private attributes cost microseconds each)."""
+
+    __slots__ = ("config", "largest_body", "limits", "rewrites", "drop")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.largest_body = config.max_request_body_size()
+        self.limits = {m: config.max_request_body_size(m) for m in config.models}
+        self.rewrites = {m: bool(model.use_model_name or model.filters.stripped_params
+                                 or model.filters.effective_set_params)
+                         for m, model in config.models.items()}
+        # Keys meant for the proxy never reach a model server.
+        self.drop = PROXY_AUTH_HEADERS if config.api_keys else ()
+
+
+_routes: _Routes | None = None
+
+
+def _routes_for(config: Config) -> _Routes:
+    global _routes
+    if _routes is None or _routes.config is not config:  # a reload swapped the config
+        _routes = _Routes(config)
+    return _routes
+
+
+async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
+                  receive: Receive) -> _Target:
     """Read the body and find the model: from ``/upstream/<model>/…``, or from the body."""
-    config = manager.config
+    config = routes.config
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     path: str = scope["path"]
     query: bytes = scope["query_string"]
@@ -154,23 +197,24 @@ async def _target(manager: ModelManager, scope: Scope, receive: Receive) -> _Tar
         model_id, rest = split_upstream_target(
             config.resolve, path[len("/upstream/"):],
             raw_path.decode("latin-1")[len("/upstream/"):] if raw_path else None)
-        body = await read_body(headers, receive, config.max_request_body_size(model_id))
+        body = await read_body(headers, receive, routes.limits[model_id])
         return _Target(model_id, "/" + rest + ("?" + query.decode("latin-1") if query else ""),
                        body)
-    body = await read_body(headers, receive, config.max_request_body_size())
+    body = await read_body(headers, receive, routes.largest_body)
     query_model = None
     if query:
         query_model = (parse_qs(query.decode("latin-1")).get("model") or [None])[0]
     request: ModelRequest = parse_model_request(body, _header(headers, b"content-type"),
                                                 query_model)
     model_id = manager.resolve(request.model_name)
-    limit = config.max_request_body_size(model_id)
+    limit = routes.limits[model_id]
     if len(body) > limit:
         raise RequestTooLarge(f"request body of {len(body)} bytes is larger than "
                               f"maxRequestBodySize ({_mib(limit)}) of model {model_id!r}")
-    content = rewrite_body(request, config.models[model_id])
+    if routes.rewrites[model_id]:
+        body = rewrite_body(request, config.models[model_id])
     upstream_path = path + ("?" + query.decode("latin-1") if query else "")
-    return _Target(model_id, upstream_path, content, request.payload)
+    return _Target(model_id, upstream_path, body, request.payload)
 
 
 def _wants_loading_state(manager: ModelManager, path: str, target: _Target) -> bool:
@@ -242,8 +286,9 @@ async def forward(
     response: UpstreamResponse | None = None
     progress: _Progress | None = None
     model_id = "-"
+    routes = _routes_for(manager.config)
     try:
-        target = await _target(manager, scope, receive)
+        target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
@@ -259,11 +304,10 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
-        drop = PROXY_AUTH_HEADERS if manager.config.api_keys else ()
         try:
             response = await upstream.send(
-                scope["method"], lease.base_url + target.path,
-                request_headers(scope["headers"], drop), target.body or None)
+                scope["method"], lease.base_url, target.path,
+                request_headers(scope["headers"], routes.drop), target.body or None)
         except UpstreamError as exc:
             message = await _failure(manager, lease, exc, "did not answer")
             if progress is None:

@@ -1,29 +1,36 @@
-"""The data plane's client: requests to model containers over pooled keep-alive connections.
+"""The data plane's client: HTTP/1.1 to model containers over pooled keep-alive connections.
 
-Why aiohttp and not httpx (which stays for health checks and the CLI): httpx's pool scans every
-connection for every request, so its cost grows with concurrency. Measured by
-``benchmarks/bench_relay.py`` (figures in the README); aiohttp's pool is a per-host stack of
-idle connections.
+Why our own client on ``httptools`` (llhttp, the parser uvicorn serves us with) and not httpx
+(which stays for health checks and the CLI) or aiohttp: the client is most of a relay's cost,
+and ``benchmarks/bench_relay.py`` measures the candidates side by side (figures in the README).
+httpx's pool scans every connection for every request, so its cost grows with concurrency;
+aiohttp is flat but spends more per request than the whole server side. A relay needs little
+of a general client — no redirects, cookies, proxies, TLS or decompression — and must do a few
+things a general client cannot:
 
-What a relay must get right, and where it is done here:
+* send the client's header bytes as received: no decoding, so a Latin-1 ``café`` can neither
+  crash the hop nor be re-encoded on the way;
+* know whether a failed request used a pooled connection and whether any response byte came
+  back: only then is it safe to send it once more, on a fresh connection;
+* drop idle connections before the model server's own idle close (``KEEPALIVE_EXPIRY_S``);
+* hand the body over as the bytes arrive, with back-pressure (reading pauses while the client
+  is slow), and close the connection when the relay stops early, so the server sees the cancel.
 
-* Connections idle longer than ``KEEPALIVE_EXPIRY_S`` are dropped before the model server's own
-  idle close (5 s for llama-server and vLLM), so a request rarely meets a stale connection; one
-  that does fails before any response byte and is sent once more on a fresh connection.
-* Nothing is added or decoded on the way: no User-Agent or Accept-Encoding of ours, bodies
-  relayed as the bytes the server sent (compressed stays compressed), no cookies kept between
-  clients, no redirects followed, no total timeout (a first token may take minutes).
-* aiohttp's errors are translated here, once, to ``UpstreamError``.
+A pool is a per-host stack of idle connections: taking or returning one costs the same at any
+concurrency. A connection the server closes leaves the pool at once.
 """
 
 from __future__ import annotations
 
-import errno
+import asyncio
+import collections
+import socket
+import time
 from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 from loguru import logger
-from yarl import URL
 
 from llamaswap_docker.errors import RequestError
 
@@ -44,27 +51,25 @@ KEEPALIVE_EXPIRY_S = 3.0
 CONNECT_TIMEOUT_S = 10.0
 #: Responses up to this size (by Content-Length) are read whole and relayed in one piece.
 SMALL_RESPONSE_BYTES = 256 * 1024
+#: Body bytes buffered from the server before reading pauses (the client is slower).
+READ_BUFFER_BYTES = 256 * 1024
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; plus those a Connection header names.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-#: Request headers the relay sets itself (Host, Content-Length) or answers itself (Expect:
-#: uvicorn already said 100 Continue to the client, and the body is sent whole).
+#: Request headers the relay writes itself (Host, Content-Length) or has answered itself
+#: (Expect: uvicorn already said 100 Continue to the client, and the body goes whole).
 _REQUEST_OWN = frozenset({"host", "content-length", "expect"})
 #: Response headers our server writes itself; relaying the upstream's too would repeat them.
 _RESPONSE_OWN = frozenset({"date", "server"})
 _REQUEST_DROP = frozenset(name.encode() for name in HOP_BY_HOP | _REQUEST_OWN)
 _RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP | _RESPONSE_OWN)
-#: What aiohttp would add on its own; a relay sends only what the client sent.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-#: Connection failures after which the request cannot have been processed: safe to resend.
-_STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 class UpstreamError(Exception):
-    """The model server could not be reached, or dropped the connection.
+    """The model server could not be reached, or broke the connection or the protocol.
 
     ``connect`` tells a refused or timed-out connection (the container may be gone) from one
     that failed after it was opened.
@@ -83,64 +88,250 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def _header_text(value: bytes) -> str:
-    # aiohttp writes header values as UTF-8: decoding UTF-8 here sends the client's bytes
-    # unchanged. Bytes that are not UTF-8 (obs-text) can only be sent re-encoded: read as
-    # Latin-1, the way RFC 9110 says such octets were historically meant.
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
-
-
 def request_headers(
-    headers: Iterable[tuple[bytes, bytes]], drop: Iterable[bytes] = ()
-) -> list[tuple[str, str]]:
-    """Client request headers (raw ASGI pairs, lower-case names) to send upstream.
+    headers: list[tuple[bytes, bytes]], drop: Iterable[bytes] = ()
+) -> list[tuple[bytes, bytes]]:
+    """Client request headers (raw ASGI pairs, lower-case names) to send upstream, as bytes.
 
-    Hop-by-hop headers, those the relay sets itself and ``drop`` are removed.
+    Hop-by-hop headers, those the relay writes itself and ``drop`` are removed.
     """
-    headers = headers if isinstance(headers, list) else list(headers)
-    excluded = _REQUEST_DROP.union(drop)
-    if any(name == b"connection" for name, _ in headers):
-        excluded = excluded | _connection_tokens(headers)
-    return [(name.decode("latin-1"), _header_text(value))
-            for name, value in headers if name not in excluded]
-
-
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers (raw pairs) to relay, as ASGI pairs with lower-case names."""
-    pairs = [(name.lower(), value) for name, value in headers]
-    excluded = _RESPONSE_DROP
-    if any(name == b"connection" for name, _ in pairs):
-        excluded = excluded | _connection_tokens(pairs)
-    relayed = [(name, value) for name, value in pairs if name not in excluded]
-    for name, value in relayed:
-        if name == b"content-type" and value.startswith(b"text/event-stream"):
-            # Tell nginx-style reverse proxies in front of us not to buffer the stream.
-            relayed.append((b"x-accel-buffering", b"no"))
+    excluded = _REQUEST_DROP.union(drop) if drop else _REQUEST_DROP
+    for name, _ in headers:
+        if name == b"connection":
+            excluded = excluded | _connection_tokens(headers)
             break
+    return [(name, value) for name, value in headers if name not in excluded]
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers (lower-case names, as ``UpstreamResponse`` has them) to relay,
+    as ASGI pairs."""
+    excluded = _RESPONSE_DROP
+    event_stream = False
+    for name, value in headers:
+        if name == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+            excluded = excluded | _connection_tokens(headers)
+        elif name == b"content-type" and value.startswith(b"text/event-stream"):
+            event_stream = True
+    relayed = [(name, value) for name, value in headers if name not in excluded]
+    if event_stream:
+        # Tell nginx-style reverse proxies in front of us not to buffer the stream.
+        relayed.append((b"x-accel-buffering", b"no"))
     return relayed
 
 
-class UpstreamResponse:
-    """A model server's answer whose body has not been read yet; ``close()`` it when done."""
+class _Connection(asyncio.Protocol):
+    """One connection to a model server; one request at a time (no pipelining)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers = response.headers
-        self.raw_headers = response.raw_headers
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.requests = 0  # requests sent on this connection (> 1: it was reused)
+        self.idle_since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_request = False
+        self.received_any = False
+        self.headers_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.complete = False
+        self.keep_alive = False
+        self.error: UpstreamError | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.readable = asyncio.Event()
+        self.reading_paused = False
+        self.length: int | None = None
+        self.chunked = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # a small request goes out at once, not after a delayed ACK
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"invalid HTTP response from the model server: {exc}"))
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.complete:
+            return
+        if self.headers_done.done() and self.length is None and not self.chunked:
+            self.complete = True  # a body delimited by the connection's close
+            self.readable.set()
+            return
+        reason = f"{type(exc).__name__}: {exc}" if exc else "the server closed the connection"
+        self._fail(UpstreamError(reason))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))  # ASGI wants lower-case names
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:  # interim (101 Switching Protocols is not relayed)
+            self.headers = []
+            return
+        for name, value in self.headers:
+            if name == b"content-length" and value.isdigit():
+                self.length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                self.chunked = True
+        if self.head_request or self.status in (204, 304):
+            self.length = 0
+        if not self.headers_done.done():
+            self.headers_done.set_result(None)
+        if self.head_request:
+            # llhttp cannot be told a response answers HEAD: end here, never reuse.
+            self.complete = True
+            self._close()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        self.readable.set()
+        if self.buffered > READ_BUFFER_BYTES and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:
+            return
+        self.complete = True
+        # llhttp answers this only inside its callbacks: once the message is over, it resets.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.readable.set()
+
+    # used by UpstreamResponse
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.headers_done.done():
+            self.headers_done.set_exception(error)
+            self.headers_done.exception()  # retrieved by send(); silence "never retrieved"
+        self.readable.set()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def next_chunk(self) -> bytes:
+        """The next body bytes; ``b""`` at the end of the body."""
+        while not self.chunks:
+            if self.complete:
+                return b""
+            if self.error is not None:
+                raise self.error
+            self.readable.clear()
+            await self.readable.wait()
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.reading_paused and self.buffered <= READ_BUFFER_BYTES // 2 and self.transport:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def send(self, head: bytes, body: bytes | None, head_request: bool) -> None:
+        if self.requests:
+            self._reset()
+            self.parser = httptools.HttpResponseParser(self)
+        self.requests += 1
+        self.head_request = head_request
+        assert self.transport is not None
+        self.transport.write(head + body if body and len(body) < 65536 else head)
+        if body and len(body) >= 65536:
+            self.transport.write(body)
+
+    def release(self) -> None:
+        """Back to the pool when the response ended cleanly and may be followed; else close."""
+        if (self.complete and self.keep_alive and not self.chunks and self.error is None
+                and not self.closed):
+            self.idle_since = time.monotonic()
+            self.pool.put(self)
+        else:
+            self._close()
+
+
+class _Pool:
+    """Idle connections to one ``host:port``, most recently used first."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.authority = f"{host}:{port}".encode()
+        # A dict as an ordered set: O(1) push, pop of the newest, removal of a closed one.
+        self.idle: dict[_Connection, None] = {}
+
+    def take(self) -> _Connection | None:
+        now = time.monotonic()
+        while self.idle:
+            connection, _ = self.idle.popitem()
+            if not connection.closed and now - connection.idle_since < KEEPALIVE_EXPIRY_S:
+                return connection
+            connection._close()
+        return None
+
+    def put(self, connection: _Connection) -> None:
+        self.idle[connection] = None
+
+    def forget(self, connection: _Connection) -> None:
+        self.idle.pop(connection, None)
+
+    async def open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(
+                f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}: {exc}",
+                connect=True) from exc
+        return connection
+
+    def close(self) -> None:
+        for connection in list(self.idle):
+            connection._close()
+        self.idle.clear()
+
+
+class UpstreamResponse:
+    """A model server's answer whose body is still to be read; ``close()`` it when done."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.status = connection.status
+        self.raw_headers = connection.headers
+        self.length = connection.length
+        self._closed = False
 
     @property
     def is_event_stream(self) -> bool:
-        return self.headers.get("Content-Type", "").startswith("text/event-stream")
+        for name, value in self.raw_headers:
+            if name == b"content-type":
+                return value.lower().startswith(b"text/event-stream")
+        return False
 
     @property
     def small(self) -> bool:
         """Whether the whole body is known to be small (read it whole, relay it at once)."""
-        length = self._response.content_length
-        return length is not None and length <= SMALL_RESPONSE_BYTES
+        return self.length is not None and self.length <= SMALL_RESPONSE_BYTES
 
     async def read(self) -> bytes:
         """The whole body.
@@ -148,10 +339,8 @@ class UpstreamResponse:
         Raises:
             UpstreamError: the connection broke before the end of the body.
         """
-        try:
-            return await self._response.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(_describe(exc)) from exc
+        parts = [chunk async for chunk in self.chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (an SSE event reaches the client as soon as it is here).
@@ -159,104 +348,104 @@ class UpstreamResponse:
         Raises:
             UpstreamError: the connection broke before the end of the body.
         """
-        content = self._response.content
-        try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(_describe(exc)) from exc
+        connection = self._connection
+        while True:
+            chunk = await connection.next_chunk()
+            if not chunk:
+                return
+            yield chunk
 
     def close(self) -> None:
-        """Give the connection back to the pool when the body was read to its end; otherwise
-        close it, so the model server sees the request cancelled."""
-        if self._response.content.is_eof():
-            self._response.release()
-        else:
-            self._response.close()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _stale(exc: BaseException) -> bool:
-    """A pooled connection the server had already closed: the request was not processed."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
-    return (
-        isinstance(exc, aiohttp.ClientOSError)
-        and not isinstance(exc, aiohttp.ClientConnectorError)
-        and exc.errno in _STALE_ERRNOS
-    )
-
-
-def _session(force_close: bool) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=0, keepalive_timeout=None if force_close else KEEPALIVE_EXPIRY_S,
-        force_close=force_close, ttl_dns_cache=10,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        requote_redirect_url=False,
-    )
+        """Give the connection back when the body was read to its end; otherwise close it, so
+        the model server sees the request cancelled."""
+        if not self._closed:
+            self._closed = True
+            self._connection.release()
 
 
 class UpstreamClient:
-    """The pooled client every inference request goes through; ``open()`` in a running loop."""
+    """The pooled client every inference request goes through."""
 
     def __init__(self) -> None:
-        self._pooled: aiohttp.ClientSession | None = None
-        # Retries go through a session that never reuses a connection: "a fresh one".
-        self._fresh: aiohttp.ClientSession | None = None
+        self._pools: dict[str, _Pool] = {}
 
     async def open(self) -> None:
-        self._pooled = _session(force_close=False)
-        self._fresh = _session(force_close=True)
+        """Nothing to prepare; kept so the app's lifespan reads open → serve → close."""
 
     async def close(self) -> None:
-        for session in (self._pooled, self._fresh):
-            if session is not None:
-                await session.close()
-        self._pooled = self._fresh = None
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, base_url: str) -> _Pool:
+        pool = self._pools.get(base_url)
+        if pool is None:
+            parts = urlsplit(base_url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise UpstreamError(f"unsupported upstream URL {base_url!r} (http://host:port)")
+            pool = self._pools[base_url] = _Pool(parts.hostname, parts.port or 80)
+        return pool
 
     async def send(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+        self, method: str, base_url: str, target: str,
+        headers: list[tuple[bytes, bytes]], body: bytes | None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers are in.
 
-        ``url`` is used as written (already percent-encoded, as the client sent it).
+        ``target`` is the path and query as the client wrote them (still percent-encoded);
+        ``headers`` are sent as the bytes given, after the Host and Content-Length we write.
 
         Raises:
             UpstreamError: no connection, or the connection broke before the headers.
-            RequestError: a header the client sent cannot be written (a control character).
+            RequestError: the target or a header holds CR, LF or NUL (never sent).
         """
-        assert self._pooled is not None and self._fresh is not None, "UpstreamClient not open"
-        target = URL(url, encoded=True)
+        pool = self._pool(base_url)
+        head = self._head(method, target, pool.authority, headers, body)
+        head_request = method == "HEAD"
+        connection = pool.take()
+        reused = connection is not None
+        if connection is None:
+            connection = await pool.open()
         try:
-            response = await self._pooled.request(
-                method, target, headers=headers, data=body, allow_redirects=False)
-        except ValueError as exc:  # aiohttp refuses control characters in header values
-            raise RequestError(f"a request header cannot be forwarded: {exc}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            if not _stale(exc):
-                raise _translate(exc) from exc
-            logger.bind(url=url, error=_describe(exc)).debug(
-                "upstream connection was closed by the server; resending on a fresh one")
+            connection.send(head, body, head_request)
+            await connection.headers_done
+        except UpstreamError as exc:
+            connection._close()
+            # A pooled connection the server had already closed, with nothing received: the
+            # request was not processed. Once more, on a fresh connection.
+            if not (reused and not connection.received_any):
+                raise
+            logger.bind(upstream=base_url, error=str(exc)).debug(
+                "pooled upstream connection was closed by the server; resending on a new one")
+            connection = await pool.open()
             try:
-                response = await self._fresh.request(
-                    method, target, headers=headers, data=body, allow_redirects=False)
-            except (aiohttp.ClientError, OSError) as retry_exc:
-                raise _translate(retry_exc) from retry_exc
-        return UpstreamResponse(response)
+                connection.send(head, body, head_request)
+                await connection.headers_done
+            except BaseException:
+                connection._close()
+                raise
+        except BaseException:
+            connection._close()  # cancelled (client gone) or worse: the server sees a close
+            raise
+        return UpstreamResponse(connection)
 
-
-def _translate(exc: BaseException) -> UpstreamError:
-    return UpstreamError(_describe(exc), connect=isinstance(exc, aiohttp.ClientConnectorError))
+    @staticmethod
+    def _head(method: str, target: str, authority: bytes,
+              headers: list[tuple[bytes, bytes]], body: bytes | None) -> bytes:
+        raw_target = target.encode("latin-1")
+        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("ascii"), raw_target,
+                                                       authority)]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(b"content-length: %d\r\n" % (len(body) if body else 0))
+        for name, value in headers:
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # uvicorn's parser already refuses CR, LF and NUL in what clients send; whatever
+        # reaches here, never write a second request into the model server's stream.
+        # Every CR and LF must be one of ours: one CRLF per element of `lines`, two in the
+        # first (request line and Host).
+        crlfs = len(lines) + 1
+        if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head:
+            raise RequestError("a request header or the path holds CR, LF or NUL; not forwarded")
+        return head
