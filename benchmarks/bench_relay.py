@@ -9,8 +9,9 @@ Then SSE: 64-chunk streams from the fake upstream with no token delay, direct vs
 proxy, first chunk and whole stream. Then the upstream-client candidates alone against the
 same upstream (why the data plane uses aiohttp).
 
-Needs ``wrk`` and ``nginx`` on the host (``apt-get install -y wrk nginx-light``) and the local
-images (built when missing). Prints tables; asserts nothing.
+Needs ``wrk`` and ``nginx`` on the host (``apt-get install -y wrk nginx-light``), aiohttp
+(``pip install -e '.[bench]'``) and the local images (built when missing). Prints tables;
+asserts nothing.
 
     python3 benchmarks/bench_relay.py [--duration 5] [--rounds 3] [--streams 300]
 """
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 NGINX_IMAGE = "llamaswap/nginx-upstream:local"
 CONCURRENCY = (1, 16, 64)
 TARGETS = ("direct", "nginx", "llamaswap")
+#: Upstream-client candidates, measured alone against the same upstream.
+CLIENTS = ("httpx (wave 1)", "httpx (tuned)", "aiohttp", "ours (httptools)")
 BODY = ('{"model":"bench","messages":[{"role":"user","content":"Hello, who are you?"}],'
         '"max_tokens":16}')
 
@@ -173,19 +176,29 @@ async def client_alone(kind: str, url: str, connections: int, requests: int) -> 
     concurrent keep-alive POSTs."""
     payload = BODY.encode()
     headers = {"content-type": "application/json"}
-    if kind == "aiohttp":
+    if kind == "ours (httptools)":
         sys.path.insert(0, str(REPO))
         from llamaswap_docker.proxy.upstream import UpstreamClient
 
         client = UpstreamClient()
-        await client.open()
+        raw_headers = [(b"content-type", b"application/json")]
 
         async def one() -> None:
-            response = await client.send("POST", f"{url}/v1/chat/completions",
-                                         list(headers.items()), payload)
+            response = await client.send("POST", url, "/v1/chat/completions", raw_headers,
+                                         payload)
             await response.read()
             response.close()
         close = client.close
+    elif kind == "aiohttp":  # tuned as a relay would: no cookies, no decompression, 3 s expiry
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
+        aio = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                    cookie_jar=aiohttp.DummyCookieJar())
+
+        async def one() -> None:
+            async with aio.post(f"{url}/v1/chat/completions", data=payload,
+                                headers=headers) as response:
+                await response.read()
+        close = aio.close
     else:
         if kind == "httpx (wave 1)":
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=64,
@@ -212,6 +225,40 @@ async def client_alone(kind: str, url: str, connections: int, requests: int) -> 
     elapsed = time.perf_counter() - started
     await close()
     return per_worker * connections / elapsed
+
+
+def large_body_costs(repeat: int = 20) -> dict[str, float]:
+    """Milliseconds of event-loop time a 4 MB vision request costs to route, by method."""
+    import base64
+    import json
+
+    sys.path.insert(0, str(REPO))
+    from llamaswap_docker.config import load_config_text
+    from llamaswap_docker.proxy.routing import parse_model_request, rewrite_body
+
+    image = base64.b64encode(os.urandom(3_000_000)).decode()
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+        {"type": "text", "text": "What is in this picture?"}]}]}).encode()
+    renamed = load_config_text("models: {m: {image: x, useModelName: served}}",
+                               source="bench.yaml").models["m"]
+
+    def ms(work: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(repeat):
+            work()
+        return (time.perf_counter() - started) / repeat * 1000
+
+    parsed = parse_model_request(body, "application/json", None)
+    return {
+        "size_mb": len(body) / 1e6,
+        "json.loads (wave 1)": ms(lambda: json.loads(body)),
+        "json.dumps (wave 1 rewrite)": ms(lambda: json.dumps(parsed.payload, ensure_ascii=False,
+                                                             separators=(",", ":")).encode()),
+        "parse_model_request (orjson)": ms(lambda: parse_model_request(body, "application/json",
+                                                                       None)),
+        "rewrite_body, useModelName (orjson)": ms(lambda: rewrite_body(parsed, renamed)),
+    }
 
 
 def main() -> int:
@@ -249,7 +296,7 @@ def main() -> int:
         streams = asyncio.run(stream_times({"direct": running["sse"], "llamaswap": proxy},
                                            args.streams))
         clients = {}
-        for kind in ("httpx (wave 1)", "httpx (tuned)", "aiohttp"):
+        for kind in CLIENTS:
             for connections in CONCURRENCY:
                 clients[(kind, connections)] = asyncio.run(
                     client_alone(kind, direct, connections, args.client_requests))
@@ -278,9 +325,14 @@ def main() -> int:
 
     print(f"\nUpstream clients alone against the same upstream, req/s ({args.client_requests} "
           "requests):")
-    print(f"  {'client':<16}" + "".join(f"{'c=' + str(c):>10}" for c in CONCURRENCY))
-    for kind in ("httpx (wave 1)", "httpx (tuned)", "aiohttp"):
-        print(f"  {kind:<16}" + "".join(f"{clients[(kind, c)]:10.0f}" for c in CONCURRENCY))
+    print(f"  {'client':<18}" + "".join(f"{'c=' + str(c):>10}" for c in CONCURRENCY))
+    for kind in CLIENTS:
+        print(f"  {kind:<18}" + "".join(f"{clients[(kind, c)]:10.0f}" for c in CONCURRENCY))
+
+    costs = large_body_costs()
+    print(f"\nA {costs.pop('size_mb'):.1f} MB vision request, event-loop ms to route it:")
+    for label, value in costs.items():
+        print(f"  {label:<38} {value:6.2f}")
 
     c16, c64 = table[("llamaswap", 16)], table[("llamaswap", 64)]
     checks = [

@@ -339,7 +339,10 @@ class UpstreamResponse:
         Raises:
             UpstreamError: the connection broke before the end of the body.
         """
-        parts = [chunk async for chunk in self.chunks()]
+        next_chunk = self._connection.next_chunk
+        parts = []
+        while chunk := await next_chunk():
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
