@@ -211,6 +211,19 @@ def build_wheelhouse(target: Path) -> None:
         raise SystemExit(f"pip wheel failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
+def prepare_context(spec: DockerfileImage) -> None:
+    """Generated files a build context needs, written before its inputs are hashed."""
+    if spec.tag == LLAMA_SERVER:
+        # The demo's tiny model, inside the image: `docker compose up` serves it with no
+        # host folder to mount (written deterministically: same bytes, same hash).
+        sys.path.insert(0, str(REPO_DIR))
+        try:
+            from llamaswap_docker.tinymodel import ensure_tiny_gguf
+        except ImportError as exc:
+            raise SystemExit(f"{exc}: install the package first (pip install -e '.[demo]')") from exc
+        ensure_tiny_gguf(IMAGES_DIR / spec.context / "models")
+
+
 def build_dockerfile(client: docker.DockerClient, spec: DockerfileImage, source: str) -> None:
     if spec.tag == PROXY:
         build_wheelhouse(IMAGES_DIR / spec.context / "wheelhouse")
@@ -250,6 +263,7 @@ def ensure_images(
     built: list[str] = []
     for name in names:
         spec = BUILDS[name]
+        prepare_context(spec)
         if image_up_to_date(client, spec) and not force:
             continue
         if source == "local" and not image_exists(client, spec.local_base):

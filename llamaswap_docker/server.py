@@ -85,11 +85,14 @@ def load_serving_config(settings: Settings) -> tuple[Config, str]:
     """The config to serve and where it came from (the demo when no file is given)."""
     if settings.config is not None:
         return load_config(settings.config), str(settings.config)
+    from llamaswap_docker.demomodel import ensure_real_model
     from llamaswap_docker.tinymodel import ensure_tiny_gguf
 
     directory = demo_models_dir()
     ensure_tiny_gguf(directory)
-    return load_demo_config(directory), "built-in demo config"
+    real = ensure_real_model(directory)
+    return (load_demo_config(directory, real.name if real else None),
+            "built-in demo config" + (" with a real model" if real else ""))
 
 
 class ProxyServer(uvicorn.Server):

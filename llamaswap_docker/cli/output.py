@@ -15,9 +15,19 @@ STATE_STYLES = {"ready": "green", "starting": "yellow", "stopping": "yellow", "f
                 "stopped": "dim"}
 
 
+#: Columns of a console whose output goes to a pipe or file: wide enough never to cut a value.
+PIPE_WIDTH = 100_000
+
+
 def stdout() -> Console:
-    """A console on the current ``sys.stdout`` (made per call: tests swap the stream)."""
-    return Console(highlight=False, soft_wrap=False)
+    """A console on the current ``sys.stdout`` (made per call: tests swap the stream).
+
+    Piped, tables are not fitted to 80 columns: a container name stays whole, ready to paste
+    into ``docker``."""
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+    return console
 
 
 def stderr() -> Console:

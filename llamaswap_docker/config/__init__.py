@@ -12,6 +12,8 @@ from __future__ import annotations
 from os import PathLike
 from pathlib import Path
 
+import yaml
+
 from .loader import ConfigIssue, load_config, load_config_text
 from .schema import (
     DEFAULT_GROUP_ID,
@@ -54,9 +56,31 @@ __all__ = [
 DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
 #: Macro in demo.yaml naming the host folder that holds the demo's tiny.gguf.
 DEMO_MODELS_MACRO = "demo_models_dir"
+#: The id the demo's real model is offered under (``llamaswap_docker.demomodel``).
+REAL_MODEL_ID = "gemma-3-270m"
 
 
-def load_demo_config(models_dir: str | PathLike[str]) -> Config:
-    """Load the embedded demo config, mounting ``models_dir`` (holds tiny.gguf) at /models."""
+def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = None) -> Config:
+    """Load the embedded demo config, mounting ``models_dir`` (holds tiny.gguf) at /models.
+
+    ``real_model``: the file name of the demo's real model in ``models_dir``, offered as
+    ``gemma-3-270m`` in the demo's swap group (None: only the two small models).
+    """
     models = Path(models_dir).expanduser().resolve()
-    return load_config(DEMO_CONFIG_PATH, macros={DEMO_MODELS_MACRO: str(models)})
+    macros = {DEMO_MODELS_MACRO: str(models)}
+    if real_model is None:
+        return load_config(DEMO_CONFIG_PATH, macros=macros)
+    document = yaml.safe_load(DEMO_CONFIG_PATH.read_text())
+    document["models"][REAL_MODEL_ID] = {
+        "name": "Gemma 3 270M",
+        "description": "Gemma 3 270M instruct, Q4_K_M (llama.cpp, CPU): a small real model",
+        "image": "llamaswap/llama-server:local",
+        "port": 8080,
+        "cmd": ["--host", "0.0.0.0", "--port", "8080", "-m", f"/models/{real_model}",
+                "-c", "4096"],
+        "volumes": ["${demo_models_dir}:/models:ro"],
+        "checkEndpoint": "/health",
+    }
+    document["groups"]["demo"]["members"].append(REAL_MODEL_ID)
+    return load_config_text(yaml.safe_dump(document, sort_keys=False),
+                            source=str(DEMO_CONFIG_PATH), macros=macros)

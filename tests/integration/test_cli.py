@@ -81,6 +81,9 @@ def test_ps_prints_a_table_and_json(proxy) -> None:
     assert header.split()[:3] == ["MODEL", "STATE", "CONTAINER"]
     assert row.split()[:2] == ["fake", "ready"]
     assert "llamaswap/fake-upstream:local" in row
+    # Piped (as here), the container name is whole: it can be pasted into `docker`.
+    container_name = ready_names(proxy.url)["fake"]
+    assert row.split()[2] == container_name and "…" not in table.stdout
 
     every = cli("status", "-a", "--json", url=proxy.url)
     data = json.loads(every.stdout)
@@ -331,3 +334,8 @@ def test_log_followers_do_not_hold_up_a_graceful_shutdown(proxy_processes) -> No
         for follower in followers:
             follower.kill()
             follower.communicate(timeout=10)
+
+
+def ready_names(url: str) -> dict[str, str]:
+    running = httpx.get(f"{url}/running", timeout=10).json()["running"]
+    return {e["model"]: e["container_name"] for e in running if e["state"] == "ready"}

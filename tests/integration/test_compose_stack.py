@@ -71,7 +71,6 @@ def compose_env(tmp_path_factory, tiny_model_dir: Path) -> dict[str, str]:
         "LLAMASWAP_CONFIG_FILE": str(config),
         "LLAMASWAP_PORT": str(unused_tcp_port()),
         "LLAMASWAP_NETWORK": NETWORK,
-        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
         "LLAMASWAP_LOG_LEVEL": "debug",
     }
     os.environ.update(env)
@@ -154,3 +153,105 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
         all=True, filters={"label": f"io.llamaswap.instance={INSTANCE}"})
     assert left == []
     assert docker_client.networks.list(names=[NETWORK]) == []
+
+
+def compose(directory: Path, project: str, *args: str, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``docker compose`` (v2) or ``docker-compose`` (v1) in ``directory``, as a user runs it."""
+    command = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMASWAP_", "DOCKER_GID"))}
+    return subprocess.run([*command, "-p", project, *args], cwd=directory, check=check,
+                          capture_output=True, text=True, env={**clean_env, **(env or {})})
+
+
+@pytest.fixture
+def clean_compose_copy(tmp_path: Path) -> Path:
+    """compose/ as a fresh clone has it (no .env, no config.yaml), next to the image's context."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "proxy").symlink_to(REPO / "images" / "proxy")
+    target = tmp_path / "compose"
+    target.mkdir()
+    for name in ("docker-compose.yml", "demo.yaml"):
+        shutil.copy(REPO / "compose" / name, target / name)
+    return target
+
+
+def test_compose_up_as_written_serves_the_demo_and_down_leaves_nothing(
+    images, docker_client, clean_compose_copy
+) -> None:
+    project = f"lsdemo{RUN_INSTANCE.split('-')[-1]}"
+    port = unused_tcp_port()  # the only thing set: 8080 may be taken on a test machine
+    env = {"LLAMASWAP_PORT": str(port)}
+    started = time.monotonic()
+    try:
+        compose(clean_compose_copy, project, "up", "-d", env=env)
+        url = f"http://127.0.0.1:{port}"
+        reply = None
+        while time.monotonic() - started < 90:
+            try:
+                reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                    "model": "tiny-llama", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert reply is not None and reply.status_code == 200, reply and reply.text
+        first_answer_s = time.monotonic() - started
+        assert reply.json()["choices"][0]["message"]["content"] is not None
+        # The answer came from a sibling container the proxy started on the stack's network.
+        [model] = docker_client.containers.list(
+            filters={"label": ["io.llamaswap.instance=compose-demo", "io.llamaswap.model=tiny-llama"]})
+        assert "llamaswap" in model.attrs["NetworkSettings"]["Networks"]
+        [proxy] = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+        assert proxy.attrs["State"]["Health"]["Status"] in ("starting", "healthy")
+        top = proxy.top(ps_args="-o uid,comm")["Processes"]
+        assert any(row[0] == "10001" for row in top), top  # the server runs unprivileged
+        print(f"compose up -> first answer: {first_answer_s:.1f}s")
+    finally:
+        compose(clean_compose_copy, project, "down", "-v", check=False)
+        for leftover in docker_client.containers.list(
+                all=True, filters={"label": "io.llamaswap.instance=compose-demo"}):
+            leftover.remove(force=True)
+    assert docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
+    assert docker_client.containers.list(
+        all=True, filters={"label": "io.llamaswap.instance=compose-demo"}) == []
+    assert docker_client.networks.list(names=["llamaswap"]) == []
+    assert docker_client.volumes.list(
+        filters={"label": f"com.docker.compose.project={project}"}) == []
+
+
+def test_a_socket_the_proxy_cannot_use_ends_in_a_visible_nonzero_exit(
+    images, docker_client, clean_compose_copy, tmp_path: Path
+) -> None:
+    import socket as socketlib
+
+    # A real unix socket the unprivileged server may not open (root's, mode 0600): no engine.
+    path = tmp_path / "locked.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX)
+    listener.bind(str(path))
+    path.chmod(0o600)
+    project = f"lslocked{RUN_INSTANCE.split('-')[-1]}"
+    env = {"LLAMASWAP_PORT": str(unused_tcp_port()), "LLAMASWAP_DOCKER_SOCKET": str(path),
+           "LLAMASWAP_NETWORK": f"{RUN_INSTANCE}-locked"}
+    try:
+        compose(clean_compose_copy, project, "up", "-d", env=env)
+        [proxy] = docker_client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"})
+        deadline = time.monotonic() + 30
+        while True:
+            proxy.reload()
+            state = proxy.attrs["State"]
+            if state["ExitCode"] != 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert state["ExitCode"] != 0 and not state["Running"] or state["Restarting"], state
+        logs = compose(clean_compose_copy, project, "logs", "--no-color", env=env).stdout
+        errors = [line for line in logs.splitlines() if "Error:" in line]
+        assert errors and "permission denied" in errors[0].lower(), logs
+        assert "Traceback" not in logs
+        ps = compose(clean_compose_copy, project, "ps", env=env).stdout
+        assert "Exit" in ps or "Restarting" in ps, ps
+    finally:
+        compose(clean_compose_copy, project, "down", "-v", env=env, check=False)
+        listener.close()
