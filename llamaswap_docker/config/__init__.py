@@ -58,6 +58,10 @@ DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
 DEMO_MODELS_MACRO = "demo_models_dir"
 #: The id the demo's real model is offered under (``llamaswap_docker.demomodel``).
 REAL_MODEL_ID = "gemma-3-270m"
+_TRANSCRIPT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = None) -> Config:
@@ -76,10 +80,13 @@ def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = N
         "description": "Gemma 3 270M instruct, Q4_K_M (llama.cpp, CPU): a small real model",
         "image": "llamaswap/llama-server:local",
         "port": 8080,
+        # A base (not instruction-tuned) model whose GGUF has no chat template: a plain
+        # "User: …/Assistant:" transcript gets real one-line answers from it.
         "cmd": ["--host", "0.0.0.0", "--port", "8080", "-m", f"/models/{real_model}",
-                "-c", "4096"],
+                "-c", "4096", "--jinja", "--chat-template", _TRANSCRIPT_TEMPLATE],
         "volumes": ["${demo_models_dir}:/models:ro"],
         "checkEndpoint": "/health",
+        "filters": {"setParams": {"stop": ["\n"]}},
     }
     document["groups"]["demo"]["members"].append(REAL_MODEL_ID)
     return load_config_text(yaml.safe_dump(document, sort_keys=False),
