@@ -16,7 +16,8 @@ it in the caller's dialect and the CLI prints it as one line.
     │   ├── UpstreamUnavailable      the model's server could not be reached
     │   └── ConcurrencyLimitExceeded too many requests in flight for a model
     └── RequestError                 the client's request is malformed
-        └── RequestTooLarge          the body is larger than maxRequestBodySize
+        ├── RequestTooLarge          the body is larger than maxRequestBodySize
+        └── UnsupportedMediaType     the body's content type is not accepted on the route
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "ConcurrencyLimitExceeded",
     "RequestError",
     "RequestTooLarge",
+    "UnsupportedMediaType",
 ]
 
 
@@ -143,3 +145,10 @@ class RequestTooLarge(RequestError):
 
     status_code = 413
     code = "request_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    """The request body's content type is not one the route accepts (415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"

@@ -26,12 +26,18 @@ _LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARN
            "error": "ERROR"}
 
 
-_CONTROL = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+#: Every character that could end a line (``str.splitlines`` splits on \x0b, \x1c, \x85,
+#: \u2028…) or drive a terminal (ESC and the other C0/C1 controls, DEL), escaped.
+_CONTROL = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    0x2028: "\\u2028", 0x2029: "\\u2029",
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+}
 
 
 def _one_line(text: str) -> str:
     """Control characters escaped: one event stays one line, and a client-chosen path or
-    model name cannot forge a log line."""
+    model name can neither forge a log line nor send escape codes to a terminal."""
     return text.translate(_CONTROL)
 
 

@@ -182,8 +182,11 @@ def run_server(settings: Settings) -> int:
     configure_logging(settings.log_level or config.log_level)
     intercept_stdlib_logging(quiet=(LlamaswapError,))
     warn_if_exposed(settings.host, config)
+    for warning in config.warnings:
+        logger.bind(file=warning.file, line=warning.line, field=warning.field).warning(
+            "config gives the host away: {}", warning.message)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
-    app = create_app(config, engine)
+    app = create_app(config, engine, settings.host, settings.extra_allowed_hosts)
     uv_config = uvicorn_config(app, settings.host, settings.port)
     server = ProxyServer(uv_config, settings.config, settings.watch_config)
     # Bind before the app starts: uvicorn runs the startup (adopting containers) before its

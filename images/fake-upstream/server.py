@@ -19,6 +19,8 @@ Every flag can also be set through an environment variable (the flag wins):
   --exit-code       FAKE_EXIT_CODE       exit code for --exit-after (default 1)
   --hang            FAKE_HANG=1          inference requests never answer
   --ignore-sigterm  FAKE_IGNORE_SIGTERM=1  ignore SIGTERM/SIGINT (only SIGKILL stops it)
+  --api-key         FAKE_API_KEY         require "Authorization: Bearer KEY" (like llama-server's
+                                         --api-key: /health and /debug/* stay open)
 """
 
 import argparse
@@ -115,6 +117,7 @@ def parse_args(argv=None):
     p.add_argument("--hang", action="store_true", default=_env_bool("FAKE_HANG"))
     p.add_argument("--ignore-sigterm", action="store_true",
                    default=_env_bool("FAKE_IGNORE_SIGTERM"))
+    p.add_argument("--api-key", default=_env("FAKE_API_KEY", "") or None)
     args = p.parse_args(argv)
     if args.tokens < 0:
         p.error("--tokens must be >= 0")
@@ -478,8 +481,21 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
 
+    def _authorized(self):
+        """llama-server's rule: with a key, everything but /health needs it (our test hooks
+        under /debug stay open)."""
+        path = urlsplit(self.path).path
+        if not ARGS.api_key or path in ("/health", "/v1/health") or path.startswith("/debug/"):
+            return True
+        expected = "Bearer " + ARGS.api_key
+        return self.headers.get("Authorization", "") == expected
+
     def _guard(self, fn):
         try:
+            if not self._authorized():
+                self._drain()
+                self.close_connection = True
+                return self._send_error(401, "Invalid API Key", "authentication_error")
             fn()
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
             self.close_connection = True

@@ -34,9 +34,14 @@ def new_control_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False)
 
 
-def create_app(config: Config, engine: Engine) -> ProxyApp:
+def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
+               extra_hosts: list[str] | None = None) -> ProxyApp:
     """Build the proxy app for ``config`` on a connected ``engine``: the hop for inference
-    requests, FastAPI for the rest (``ProxyApp``)."""
+    requests, FastAPI for the rest (``ProxyApp``).
+
+    ``listen_host`` is the address the server binds (on loopback, foreign Host headers are
+    refused); ``extra_hosts`` are Host values allowed besides the config's ``allowedHosts``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +111,6 @@ def create_app(config: Config, engine: Engine) -> ProxyApp:
         return error_response(dialect_for_path(request.url.path), 500,
                               "internal error in llamaswap-docker; see the proxy log", "internal_error")
 
-    return ProxyApp(app, config)
+    return ProxyApp(app, config, listen_host, extra_hosts)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaswap_docker.api.errors import error_response
+from llamaswap_docker.api.guard import is_loopback
 from llamaswap_docker.proxy.dialects import dialect_for_path
 from llamaswap_docker.config import Config
 
@@ -113,15 +113,6 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def warn_if_exposed(host: str, config: Config) -> None:
     """Log a warning when the proxy binds beyond loopback without ``apiKeys``.
 
@@ -129,7 +120,7 @@ def warn_if_exposed(host: str, config: Config) -> None:
         host: the interface the server binds (``Settings.host``).
         config: the config being served.
     """
-    if config.api_keys or _is_loopback(host):
+    if config.api_keys or is_loopback(host):
         return
     logger.bind(host=host).warning(
         "listening on {} without apiKeys: anyone who can reach this address can run your "

@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from loguru import logger
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from llamaswap_docker.api.auth import ApiKeyMiddleware
 from llamaswap_docker.api.errors import error_headers, error_response
+from llamaswap_docker.api.guard import HostOriginGuard
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
@@ -50,15 +51,19 @@ router = APIRouter()
 
 class ProxyApp:
     """The ASGI app the server runs: inference requests straight to the hop, everything else
-    (management API, ``/v1/models``, OpenAPI) to FastAPI; API keys checked for both.
+    (management API, ``/v1/models``, OpenAPI) to FastAPI; Host, Origin and API keys checked
+    for both.
 
     ``state`` is the FastAPI app's, where the lifespan puts the running ``AppState``.
     """
 
-    def __init__(self, api: FastAPI, config: Config) -> None:
+    def __init__(self, api: FastAPI, config: Config, listen_host: str = "127.0.0.1",
+                 extra_hosts: list[str] | None = None) -> None:
         self.api = api
         self.state = api.state
-        self._checked = ApiKeyMiddleware(self._dispatch, config, api.state)
+        # Host/Origin first (a page in the operator's browser has no key to fail), then keys.
+        self._checked = HostOriginGuard(ApiKeyMiddleware(self._dispatch, config, api.state),
+                                        config, api.state, listen_host, extra_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

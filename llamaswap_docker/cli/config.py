@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.text import Text
 
 from llamaswap_docker.cli.output import stderr, stdout
 from llamaswap_docker.config import Config, load_config
@@ -75,6 +76,8 @@ def check(path: PathArgument = Path("config.yaml")) -> None:
         for issue in issues:
             console.print(str(issue), markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    for warning in config.warnings:  # valid, but worth knowing: what the config gives away
+        stderr().print(Text("warning: ", style="yellow") + Text(str(warning)), soft_wrap=True)
     groups = len(config.groups)
     stdout().print(
         f"{path}: OK ({len(config.models)} model{'' if len(config.models) == 1 else 's'}, "

@@ -86,6 +86,7 @@ def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = N
                 "-c", "4096", "--jinja", "--chat-template", _TRANSCRIPT_TEMPLATE],
         "volumes": ["${demo_models_dir}:/models:ro"],
         "checkEndpoint": "/health",
+        "upstreamKeyEnv": "LLAMA_API_KEY",
         "filters": {"setParams": {"stop": ["\n"]}},
     }
     document["groups"]["demo"]["members"].append(REAL_MODEL_ID)

@@ -106,6 +106,10 @@ class BackendPreset:
     pass_env: tuple[str, ...] = ()
     #: ``docker:`` options (``ContainerOptions`` field names) the vendor's docs pass.
     docker: dict[str, Any] = field(default_factory=dict)
+    #: Variable the server reads an API key from: the proxy gives each container a key of
+    #: its own, so only the proxy can use the model (llama-server: LLAMA_API_KEY, vLLM:
+    #: VLLM_API_KEY; both leave /health open for health checks).
+    key_env: str | None = None
 
     def environment(self, port: int) -> dict[str, str]:
         """The preset's variables for a server listening on ``port``."""
@@ -132,6 +136,8 @@ def backend_preset(backend: str, platform: str) -> BackendPreset | None:
             # llama-server image listen beyond loopback too.
             env=(("LLAMA_ARG_HOST", "0.0.0.0"),),
             port_env="LLAMA_ARG_PORT",
+            # https://github.com/ggml-org/llama.cpp/tree/master/tools/server (--api-key)
+            key_env="LLAMA_API_KEY",
         )
     if backend == "vllm":
         docker: dict[str, Any] = {"ipc": "host"}  # PyTorch shares tensors through /dev/shm
@@ -149,5 +155,7 @@ def backend_preset(backend: str, platform: str) -> BackendPreset | None:
             volumes=tuple(volumes),
             pass_env=("HF_TOKEN",),
             docker=docker,
+            # https://docs.vllm.ai/en/latest/cli/serve.html (--api-key, VLLM_API_KEY)
+            key_env="VLLM_API_KEY",
         )
     return None

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from .macros import expand_macros
+from .risks import host_risks
 from .schema import DEFER_REFERENCE_CHECKS, Config, Loc, format_loc
 
 __all__ = ["ConfigIssue", "load_config", "load_config_text"]
@@ -118,6 +119,8 @@ def load_config_text(
 
     if problems or config is None:
         _raise(source, problems)
+    config.set_warnings([ConfigIssue(source, line_of(loc), format_loc(loc), message)
+                         for loc, message in host_risks(config)])
     return config
 
 

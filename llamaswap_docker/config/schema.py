@@ -442,6 +442,9 @@ class ModelConfig(_Schema):
     use_model_name: str = ""
     concurrency_limit: int = Field(0, ge=0)  # 0: unlimited
     max_request_body_size: ByteSize | None = None  # None: the global maxRequestBodySize
+    # Variable the server reads an API key from (None: the backend's; "": none). Each start
+    # gets a random key there, sent by the proxy only: a direct call to the container is 401.
+    upstream_key_env: str | None = Field(None, pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
     send_loading_state: bool | None = None  # None: the global sendLoadingState
     stop_timeout: int | None = Field(None, ge=0)  # None: docker.stopTimeout
     filters: ModelFilters = ModelFilters()
@@ -544,6 +547,13 @@ class ModelConfig(_Schema):
         return backend_preset(self.backend, self.platform)
 
     @property
+    def key_env(self) -> str | None:
+        """Where this model's server takes its per-start API key; None: it takes none."""
+        if self.upstream_key_env is not None:
+            return self.upstream_key_env or None
+        return self.preset.key_env if self.preset else None
+
+    @property
     def pass_env(self) -> tuple[str, ...]:
         """Variables copied from the proxy's environment when set there (e.g. ``HF_TOKEN``)."""
         preset = self.preset
@@ -624,6 +634,23 @@ class HooksConfig(_Schema):
     on_startup: OnStartupHooks = Field(OnStartupHooks(), alias="on_startup")
 
 
+class CorsConfig(_Schema):
+    """``cors:``: web pages on other origins allowed to call the proxy from a browser."""
+
+    # Origins as browsers send them: "https://chat.example.com", "http://localhost:3000".
+    allow_origins: list[str] = []
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origin_form(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            scheme, sep, rest = origin.partition("://")
+            if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], "
+                                 "e.g. https://chat.example.com")
+        return [origin.lower() for origin in origins]
+
+
 class DockerSettings(_Schema):
     """Top-level ``docker:`` block: the engine and how model containers are run."""
 
@@ -670,6 +697,9 @@ class Config(_Schema):
     max_request_body_size_default: ByteSize = Field(DEFAULT_MAX_REQUEST_BODY_SIZE,
                                                     alias="maxRequestBodySize")
     api_keys: list[ApiKey] = []
+    # Host header values served besides the loopback names (set: the Host check is on).
+    allowed_hosts: list[str] = []
+    cors: CorsConfig = CorsConfig()
     macros: Macros = {}
     models: dict[ModelId, ModelConfig] = Field(min_length=1)
     groups: dict[GroupId, GroupConfig] = {}
@@ -680,6 +710,16 @@ class Config(_Schema):
     _group_of: dict[str, str] = PrivateAttr(default_factory=dict)
     _default_group: GroupConfig | None = PrivateAttr(None)
     _largest_body: int = PrivateAttr(DEFAULT_MAX_REQUEST_BODY_SIZE)
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[Any]:
+        """What the loader found worth saying of a valid config (``ConfigIssue`` items): the
+        host-level powers its containers get (``config/risks.py``)."""
+        return list(self._warnings)
+
+    def set_warnings(self, warnings: list[Any]) -> None:
+        self._warnings = list(warnings)
 
     @field_validator("groups")
     @classmethod

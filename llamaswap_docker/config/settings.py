@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     docker_host: str | None = None  # engine URL; overrides the config's docker.host
     watch_config: bool = False  # reload the config when the file changes
     log_level: LogLevel | None = None  # overrides the config's logLevel
+    # Comma-separated Host values served besides the config's allowedHosts (compose sets it).
+    allowed_hosts: str = ""
 
     @field_validator("config")
     @classmethod
@@ -66,6 +68,11 @@ class Settings(BaseSettings):
             value = value.strip().lower()
             return {"warning": "warn", "": None}.get(value, value)
         return value
+
+    @property
+    def extra_allowed_hosts(self) -> list[str]:
+        """``allowed_hosts`` as a list."""
+        return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
 
     @property
     def host(self) -> str:

@@ -60,6 +60,8 @@ class Lease:
         self.model_id = runtime.model_id
         self.container = container
         self.base_url: str = container.base_url or ""
+        #: Sent as ``Authorization: Bearer`` to a server started with a key (None: none).
+        self.upstream_key = container.upstream_key
         self.released = False
 
     def release(self) -> None:
@@ -540,7 +542,8 @@ class ModelManager:
     async def _start(self, model_id: str) -> None:
         runtime = self.models[model_id]
         model = self.config.models[model_id]
-        spec = ContainerSpec.from_model(model_id, model)
+        # A new API key for each start: only the proxy can use the model's server.
+        spec = ContainerSpec.from_model(model_id, model).with_new_key()
         log = logger.bind(model=model_id, image=spec.image)
         runtime.state, runtime.failure = ModelState.STARTING, None
         started = time.monotonic()

@@ -17,10 +17,12 @@ __all__ = ["Dialect", "dialect_for_path", "error_payload", "error_body", "sse_er
 Dialect = Literal["openai", "anthropic"]
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                 404: "invalid_request_error", 413: "invalid_request_error",
+                 403: "permission_error", 404: "invalid_request_error",
+                 413: "invalid_request_error", 415: "invalid_request_error",
                  429: "rate_limit_error"}
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    415: "invalid_request_error",
                     429: "rate_limit_error", 503: "overloaded_error"}
 
 

@@ -52,6 +52,9 @@ PROGRESS_INTERVAL_S = 1.0
 WATCH_AFTER_S = 0.02
 #: Credentials meant for the proxy, never forwarded to a model server when ``apiKeys`` is set.
 PROXY_AUTH_HEADERS = (b"authorization", b"x-api-key")
+#: Inference routes that take files (``multipart/form-data``, the model in a form field).
+UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations",
+                          "/v1/images/edits", "/v1/images/variations"})
 #: The most of an upstream error body quoted in an in-band error.
 ERROR_DETAIL_BYTES = 500
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -205,7 +208,7 @@ async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
     if query:
         query_model = (parse_qs(query.decode("latin-1")).get("model") or [None])[0]
     request: ModelRequest = parse_model_request(body, _header(headers, b"content-type"),
-                                                query_model)
+                                                query_model, uploads=path in UPLOAD_PATHS)
     model_id = manager.resolve(request.model_name)
     limit = routes.limits[model_id]
     if len(body) > limit:
@@ -304,10 +307,14 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
+        if lease.upstream_key:  # the container's own key replaces whatever the client sent
+            headers = request_headers(scope["headers"], PROXY_AUTH_HEADERS)
+            headers.append((b"authorization", b"Bearer " + lease.upstream_key.encode()))
+        else:
+            headers = request_headers(scope["headers"], routes.drop)
         try:
-            response = await upstream.send(
-                scope["method"], lease.base_url, target.path,
-                request_headers(scope["headers"], routes.drop), target.body or None)
+            response = await upstream.send(scope["method"], lease.base_url, target.path, headers,
+                                           target.body or None)
         except UpstreamError as exc:
             message = await _failure(manager, lease, exc, "did not answer")
             if progress is None:

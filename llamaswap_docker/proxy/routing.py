@@ -11,12 +11,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 import orjson
 
 from llamaswap_docker.config import ModelConfig
-from llamaswap_docker.errors import ModelNotFound, RequestError
+from llamaswap_docker.errors import ModelNotFound, RequestError, UnsupportedMediaType
 
 __all__ = [
     "ModelRequest",
@@ -56,7 +56,8 @@ def multipart_field(body: bytes, content_type: str, name: str) -> str | None:
     delimiter = _multipart_delimiter(content_type)
     if delimiter is None:
         return None
-    for section in body.split(delimiter):
+    # Parts follow a delimiter: text before the first one (or a body without any) is no part.
+    for section in body.split(delimiter)[1:]:
         head, sep, value = section.partition(b"\r\n\r\n")
         if sep and _is_text_field(head, name):
             return value.removesuffix(b"\r\n").decode("utf-8", "replace").strip()
@@ -77,25 +78,33 @@ def replace_multipart_field(body: bytes, content_type: str, name: str, value: st
     return body
 
 
-def _looks_like_json(media_type: str, body: bytes) -> bool:
-    if media_type in ("application/json", "") or media_type.endswith("+json"):
-        return True
-    return body.lstrip()[:1] in (b"{", b"[")
+def _is_json(media_type: str) -> bool:
+    return media_type in ("application/json", "") or media_type.endswith("+json")
 
 
-def parse_model_request(body: bytes, content_type: str, query_model: str | None) -> ModelRequest:
+def parse_model_request(body: bytes, content_type: str, query_model: str | None,
+                        uploads: bool = False) -> ModelRequest:
     """Find the model a request names.
+
+    A body is read as JSON only with a JSON content type (or none): ``text/plain`` and form
+    encodings are what a web page can send cross-site without a CORS preflight, so they are
+    refused. ``uploads``: the route takes files (``multipart/form-data``, model in a field).
 
     Raises:
         RequestError: malformed JSON, or no model named anywhere.
+        UnsupportedMediaType: any other content type.
     """
     media_type = content_type.split(";")[0].strip().lower()
     payload: dict[str, Any] | None = None
     model: Any = None
-    if media_type == "multipart/form-data":
+    if uploads and media_type == "multipart/form-data":
         model = multipart_field(body, content_type, "model")
-    elif body and _looks_like_json(media_type, body):
-        # Parsed whatever the content type says: `curl -d` sends JSON as a form.
+    elif not _is_json(media_type):
+        expected = "application/json or multipart/form-data" if uploads else "application/json"
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type!r} is not accepted here: send {expected} "
+            "(curl: -H 'content-type: application/json')")
+    elif body:
         parsed = _loads(body)
         if not isinstance(parsed, dict):
             raise RequestError(
@@ -104,9 +113,6 @@ def parse_model_request(body: bytes, content_type: str, query_model: str | None)
         model = parsed.get("model")
         if model is not None and not isinstance(model, str):
             raise RequestError(f'"model" must be a string, not {_json_kind(model)}')
-    elif body and media_type == "application/x-www-form-urlencoded":
-        values = parse_qs(body.decode("utf-8", "replace")).get("model")
-        model = values[0] if values else None
     if model is None or model == "":
         model = query_model
     if not isinstance(model, str) or not model:

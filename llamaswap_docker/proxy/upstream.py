@@ -253,10 +253,16 @@ class _Connection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         self.requests += 1
         self.head_request = head_request
-        assert self.transport is not None
-        self.transport.write(head + body if body and len(body) < 65536 else head)
-        if body and len(body) >= 65536:
-            self.transport.write(body)
+        # Closed already: e.g. Docker's userland proxy accepted the connection for a container
+        # that refused it, and hung up.
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise UpstreamError("the server closed the connection")
+        try:
+            self.transport.write(head + body if body and len(body) < 65536 else head)
+            if body and len(body) >= 65536:
+                self.transport.write(body)
+        except RuntimeError as exc:  # uvloop: the transport closed under us
+            raise UpstreamError(f"the server closed the connection ({exc})") from None
 
     def release(self) -> None:
         """Back to the pool when the response ended cleanly and may be followed; else close."""

@@ -11,7 +11,7 @@ import re
 import secrets
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -76,6 +76,8 @@ class ContainerRef:
     base_url: str | None
     #: When the engine created it (UTC), if it said.
     created: datetime | None = None
+    #: The API key its server was started with (read back from its environment on adoption).
+    upstream_key: str | None = field(default=None, repr=False)
 
     def age_s(self, now: datetime | None = None) -> float | None:
         """Seconds since creation, or None when unknown."""
@@ -104,6 +106,17 @@ class ContainerState:
         if self.error:
             text += f": {self.error}"
         return text
+
+
+def _upstream_key(attrs: dict[str, Any], key_env: str | None) -> str | None:
+    """The value of ``key_env`` in the container's environment (None without one)."""
+    if not key_env:
+        return None
+    prefix = key_env + "="
+    for entry in attrs.get("Config", {}).get("Env") or []:
+        if entry.startswith(prefix):
+            return entry[len(prefix):]
+    return None
 
 
 def _parse_created(value: object) -> datetime | None:
@@ -218,7 +231,8 @@ class Containers:
         kwargs = spec.container_kwargs(cdi=cdi)
         kwargs["labels"] = {
             **dict(spec.labels),
-            **labels.ownership_labels(self.instance, spec.model_id, spec.spec_hash, spec.port),
+            **labels.ownership_labels(self.instance, spec.model_id, spec.spec_hash, spec.port,
+                                      spec.key_env),
         }
         kwargs["name"] = name
         kwargs["network"] = self.network
@@ -338,6 +352,7 @@ class Containers:
             status=status,
             base_url=self._base_url(attrs, name, port) if status == "running" else None,
             created=_parse_created(attrs.get("Created")),
+            upstream_key=_upstream_key(attrs, container_labels.get(labels.KEY_ENV)),
         )
 
     @staticmethod

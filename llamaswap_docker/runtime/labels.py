@@ -12,6 +12,7 @@ __all__ = [
     "MODEL",
     "SPEC_HASH",
     "PORT",
+    "KEY_ENV",
     "RESERVED_PREFIX",
     "ownership_labels",
     "instance_filters",
@@ -24,6 +25,9 @@ MODEL = "io.llamaswap.model"
 SPEC_HASH = "io.llamaswap.spec-hash"
 # The container port the server listens on, so an adopted container can be reached again.
 PORT = "io.llamaswap.port"
+# The variable holding the container's API key (the name only: the key is in its env), so an
+# adopted container's key can be read back.
+KEY_ENV = "io.llamaswap.key-env"
 
 
 def ownership_labels(
@@ -31,9 +35,12 @@ def ownership_labels(
     model_id: str | None = None,
     spec_hash: str | None = None,
     port: int | None = None,
+    key_env: str | None = None,
 ) -> dict[str, str]:
     """Labels marking a resource as owned by ``instance`` (and serving ``model_id``)."""
     labels = {MANAGED: "true", INSTANCE: instance}
+    if key_env is not None:
+        labels[KEY_ENV] = key_env
     if model_id is not None:
         labels[MODEL] = model_id
     if spec_hash is not None:

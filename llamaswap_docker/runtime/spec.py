@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llamaswap_docker.runtime.devices import cdi_device_names, platform_options
@@ -53,6 +54,10 @@ class ContainerSpec:
     #: Variables copied from the proxy's environment (``HF_TOKEN``): secrets, so neither in the
     #: hash (a proxy restarted without them would replace every adopted container) nor in repr.
     passed_env: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    #: Variable the server reads its API key from (the name is part of the spec).
+    key_env: str | None = None
+    #: The key itself, new at every start (``with_new_key``): never in the hash, labels, repr.
+    upstream_key: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_model(
@@ -93,13 +98,21 @@ class ContainerSpec:
             device_requests=platform.device_requests,
             labels=tuple(sorted(options.labels.items())),
             passed_env=tuple((name, environ[name]) for name in model.pass_env if name in environ),
+            key_env=model.key_env,
         )
+
+    def with_new_key(self) -> "ContainerSpec":
+        """This spec with a fresh random API key for the server, when it takes one."""
+        if self.key_env is None:
+            return self
+        return replace(self, upstream_key=secrets.token_urlsafe(32))
 
     @property
     def spec_hash(self) -> str:
-        """Short stable hash of every field but ``passed_env``: equal specs, equal hashes."""
+        """Short stable hash of every field but the secrets (``passed_env``, ``upstream_key``):
+        equal specs, equal hashes."""
         fields = asdict(self)
-        del fields["passed_env"]
+        del fields["passed_env"], fields["upstream_key"]
         canonical = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -124,7 +137,8 @@ class ContainerSpec:
         kwargs: dict[str, Any] = {
             "image": self.image,
             "command": list(self.command) or None,
-            "environment": {**dict(self.env), **dict(self.passed_env)},
+            "environment": {**dict(self.env), **dict(self.passed_env), **(
+                {self.key_env: self.upstream_key} if self.key_env and self.upstream_key else {})},
             "volumes": list(self.volumes),
             "detach": True,
         }

@@ -135,8 +135,6 @@ def test_malformed_bodies_get_400_in_the_callers_dialect(proxy, errors_logged) -
         "model is a number": (b'{"model": 42}', "application/json"),
         "model is null": (b'{"model": null}', "application/json"),
         "model is an object": (b'{"model": {"id": "a"}}', "application/json"),
-        "boundary never appears": (boundary_missing,
-                                   "multipart/form-data; boundary=not-in-the-body"),
     }
     httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
     for case, (body, content_type) in cases.items():
@@ -144,6 +142,12 @@ def test_malformed_bodies_get_400_in_the_callers_dialect(proxy, errors_logged) -
                                                           content_type), body)
         assert_openai_error(status, answer, 400, case)
         assert_nothing_held(proxy.url, case)
+    # A file upload whose multipart boundary never appears: no model field to be found.
+    status, _, answer = raw_http(proxy.url, post_head(
+        "/v1/audio/transcriptions", len(boundary_missing),
+        "multipart/form-data; boundary=not-in-the-body"), boundary_missing)
+    assert_openai_error(status, answer, 400, "boundary never appears")
+    assert_nothing_held(proxy.url, "boundary never appears")
     # Anthropic's clients get Anthropic's shape.
     status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 5), b"[1,2]")
     assert status == 400 and json.loads(answer)["type"] == "error", answer

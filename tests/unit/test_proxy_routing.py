@@ -10,7 +10,7 @@ import pytest
 from llamaswap_docker.config import load_config_text
 from llamaswap_docker.errors import RequestError
 from llamaswap_docker.proxy import parse_model_request, request_headers, rewrite_body
-from llamaswap_docker.errors import ModelNotFound
+from llamaswap_docker.errors import ModelNotFound, UnsupportedMediaType
 from llamaswap_docker.proxy.routing import multipart_field, replace_multipart_field, split_upstream_target
 
 CONFIG = load_config_text("""
@@ -29,12 +29,23 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, s
 
 def test_model_comes_from_json_body_form_field_or_query() -> None:
     assert parse_model_request(b'{"model": "a"}', "application/json", None).model_name == "a"
+    assert parse_model_request(b'{"model": "a"}', "", None).model_name == "a"  # no type: JSON
+    assert parse_model_request(b'{"model": "a"}', "application/vnd.x+json", None).model_name == "a"
     body, content_type = multipart({"model": "b"}, {"file": b"\x00" * 100})
-    assert parse_model_request(body, content_type, None).model_name == "b"
+    assert parse_model_request(body, content_type, None, uploads=True).model_name == "b"
     assert parse_model_request(b"", "", "c").model_name == "c"
-    # `curl -d` sends JSON labelled as a form.
-    assert parse_model_request(b'{"model": "d"}', "application/x-www-form-urlencoded", None).model_name == "d"
-    assert parse_model_request(b"model=e&x=1", "application/x-www-form-urlencoded", None).model_name == "e"
+
+
+@pytest.mark.parametrize(("content_type", "uploads"), [
+    ("text/plain", False),  # a web page's cross-site "simple request": no preflight
+    ("text/plain;charset=UTF-8", True),
+    ("application/x-www-form-urlencoded", False),  # what `curl -d` sends without -H
+    ("multipart/form-data; boundary=x", False),  # files only where the route takes files
+    ("application/xml", False),
+])
+def test_json_under_another_content_type_is_415(content_type: str, uploads: bool) -> None:
+    with pytest.raises(UnsupportedMediaType, match="content-type: application/json"):
+        parse_model_request(b'{"model": "a"}', content_type, None, uploads=uploads)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -68,7 +79,7 @@ def test_use_model_name_and_filters_rewrite_json() -> None:
 def test_use_model_name_rewrites_the_multipart_model_field_only() -> None:
     audio = bytes(range(256)) * 10
     body, content_type = multipart({"model": "renamed", "language": "en"}, {"file": audio})
-    request = parse_model_request(body, content_type, None)
+    request = parse_model_request(body, content_type, None, uploads=True)
     rewritten = rewrite_body(request, CONFIG.models["renamed"])
     assert multipart_field(rewritten, content_type, "model") == "served-name"
     assert multipart_field(rewritten, content_type, "language") == "en"

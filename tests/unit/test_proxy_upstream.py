@@ -76,8 +76,15 @@ async def always(reply: bytes) -> Answer:
     return answer
 
 
-def run(coroutine: Awaitable[None]) -> None:
-    asyncio.run(coroutine)  # type: ignore[arg-type]
+def run(coroutine: Awaitable[None], loop: str = "asyncio") -> None:
+    """Run on asyncio's loop or uvloop (the server's: some failures differ between them)."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coroutine)  # type: ignore[arg-type]
 
 
 async def fetch(client: UpstreamClient, url: str, method: str = "POST", target: str = "/v1/x",
@@ -255,3 +262,21 @@ def test_reading_pauses_while_the_consumer_is_slow(monkeypatch) -> None:
             await client.close()
         assert received == len(big)
     run(scenario())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_accepted_then_closed_at_once_is_an_upstream_error(loop: str) -> None:
+    # What Docker's userland proxy does for a published port whose container refuses.
+    async def scenario() -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = UpstreamClient()
+        for _ in range(5):
+            with pytest.raises(UpstreamError):
+                await fetch(client, url)
+        await client.close()
+        server.close()
+    run(scenario(), loop)
