@@ -179,12 +179,12 @@ def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, erro
     # %00 and %2F in /upstream paths reach the model server as written; its 404 is relayed.
     for path in ("/upstream/a/a%2Fb%00", "/upstream/a/%2e%2e/%00", "/upstream/a/x%zz?q=%00"):
         status, _, answer = raw_http(
-            proxy.url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            proxy.url, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         assert status == 404, (path, status, answer[:300])
         assert path.removeprefix("/upstream/a").split("?")[0] in answer.decode(), answer
         assert_nothing_held(proxy.url, path)
     status, _, answer = raw_http(
-        proxy.url, b"GET /upstream/nope/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        proxy.url, b"GET /upstream/nope/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert_openai_error(status, answer, 404, "unknown model in /upstream")
     assert errors_logged == []
     assert_swap_completes(proxy.url, "odd headers and paths")
@@ -240,7 +240,7 @@ def test_oversized_bodies_get_413_before_the_body_is_read(proxy, errors_logged) 
     status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 50 * LIMIT))
     assert status == 413 and json.loads(answer)["error"]["type"] == "request_too_large"
     # Chunked: refused once the bytes received cross the limit.
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     piece = b"x" * 65536
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(20)) + b"0\r\n\r\n"

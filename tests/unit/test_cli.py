@@ -119,6 +119,32 @@ def test_config_check_prints_each_error_with_line_and_field(broken_config: Path)
     assert "Traceback" not in result.output
 
 
+def test_config_check_warns_what_a_config_gives_the_host_and_still_passes(tmp_path: Path) -> None:
+    path = tmp_path / "risky.yaml"
+    path.write_text(
+        "models:\n"
+        "  a:\n"
+        "    image: x\n"
+        "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"
+        "    docker:\n"
+        "      privileged: true\n"
+        "  rocm:\n"
+        "    backend: vllm\n"
+        "    platform: rocm\n"
+    )
+    result = run("config", "check", str(path))
+    assert result.exit_code == 0  # valid: said, not refused
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert f"warning: {path}:6: models.a.docker.privileged: the container runs privileged" in \
+        "\n".join(warnings)
+    assert any(f"{path}:4: models.a.volumes[0]: mounts the Docker socket" in w for w in warnings)
+    # Powers a preset adds are named with the preset, on the backend's line.
+    preset = [w for w in warnings if "models.rocm.backend" in w]
+    assert preset and all(f"{path}:8:" in w and "added by the vllm preset for rocm" in w
+                          for w in preset)
+    assert any("SYS_PTRACE" in w for w in preset) and any("seccomp=unconfined" in w for w in preset)
+
+
 def test_config_check_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
     result = run("config", "check", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1
