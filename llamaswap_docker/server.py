@@ -134,6 +134,7 @@ class ProxyServer(uvicorn.Server):
         except LlamaswapError as exc:
             logger.error("config reload failed, keeping the running config: {}", exc.message)
             return
+        _log_config_warnings(config)
         try:
             await state.manager.apply_config(config)
         except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
@@ -165,6 +166,12 @@ class ProxyServer(uvicorn.Server):
             asyncio.get_event_loop().call_soon_threadsafe(state.manager.reject_waiters)
 
 
+def _log_config_warnings(config: Config) -> None:
+    for warning in config.warnings:
+        logger.bind(file=warning.file, line=warning.line, field=warning.field).warning(
+            "config gives the host away: {}", warning.message)
+
+
 def _mtime(path: Path | None) -> float | None:
     try:
         return path.stat().st_mtime if path is not None else None
@@ -182,9 +189,7 @@ def run_server(settings: Settings) -> int:
     configure_logging(settings.log_level or config.log_level)
     intercept_stdlib_logging(quiet=(LlamaswapError,))
     warn_if_exposed(settings.host, config)
-    for warning in config.warnings:
-        logger.bind(file=warning.file, line=warning.line, field=warning.field).warning(
-            "config gives the host away: {}", warning.message)
+    _log_config_warnings(config)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
     app = create_app(config, engine, settings.host, settings.extra_allowed_hosts)
     uv_config = uvicorn_config(app, settings.host, settings.port)

@@ -16,7 +16,7 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         socket="${DOCKER_HOST:-unix:///var/run/docker.sock}"
         socket="${socket#unix://}"
         if [ -S "$socket" ]; then
-            group="${DOCKER_GID:-$(stat -c %g "$socket")}"
+            group="${DOCKER_GID:-$(stat -L -c %g "$socket")}"
         elif [ -e "$socket" ]; then
             echo "llamaswap-docker: $socket is not a socket: mount the engine's socket there" \
                  "(volumes: - /var/run/docker.sock:/var/run/docker.sock)" >&2
@@ -32,7 +32,8 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         ;;
 esac
 
-# setpriv (util-linux): drop to the user, keep only that one supplementary group, and no
-# capabilities, then become the server (PID stays the same: signals reach it directly).
+# setpriv (util-linux): drop to the user, keep only that one supplementary group, no
+# capabilities and no way to gain privileges back (setuid binaries), then become the server
+# (the PID stays the same: signals reach it directly).
 exec setpriv --reuid="$RUN_UID" --regid="$RUN_UID" --groups="$group" --inh-caps=-all \
-    llamaswap-docker "$@"
+    --bounding-set=-all --no-new-privs llamaswap-docker "$@"

@@ -9,7 +9,8 @@ else in their way):
   the loopback names and ``allowedHosts`` are served; anything else gets 403.
 * **Cross-site requests.** A page's ``fetch``/form posts carry its ``Origin``. One that is not
   an allowed Host value (or, with no Host check in force, not the request's own Host) and not
-  in ``cors.allowOrigins`` gets 403 on every route but ``GET /health``. Preflights
+  in ``cors.allowOrigins`` gets 403 on every route but ``GET /health``; so does a request a
+  browser marks ``Sec-Fetch-Site: cross-site`` without an ``Origin`` (``<img src=…/unload>``). Preflights
   (``OPTIONS``) are answered, with CORS headers, only for allowed origins; responses to listed
   origins carry ``Access-Control-Allow-Origin``.
 
@@ -105,18 +106,30 @@ class HostOriginGuard:
             await self.app(scope, receive, send)
             return
         host = origin = None
+        cross_site = False
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value.decode("latin-1")
             elif name == b"origin":
                 origin = value.decode("latin-1").lower()
+            elif name == b"sec-fetch-site":
+                cross_site = value == b"cross-site"
         policy = self._current()
         path: str = scope["path"]
         if policy.check_host and host is not None and _hostname(host) not in policy.hosts:
             await self._refuse(scope, receive, send, f"Host {host!r} is not served here: "
                                "add it to allowedHosts in the config to allow it", host=host)
             return
-        if origin is None or (path == "/health" and scope.get("method") in ("GET", "HEAD")):
+        if path == "/health" and scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if origin is None:
+            # Browsers send no Origin with a plain cross-site GET (<img src=…/unload>), but say
+            # where it comes from in Sec-Fetch-Site.
+            if cross_site:
+                await self._refuse(scope, receive, send, "cross-site requests from web pages "
+                                   "are not allowed", origin="(cross-site, no Origin)")
+                return
             await self.app(scope, receive, send)
             return
         if not policy.origin_allowed(origin, host):

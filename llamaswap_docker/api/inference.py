@@ -89,9 +89,12 @@ class ProxyApp:
         except LlamaswapError as exc:
             # Raised before anything was sent (the hop reports later failures in-band).
             logger.bind(path=path, status=exc.status_code).warning(
-                "request failed: {}", exc.message.splitlines()[0])
-            await error_response(dialect_for_path(path), exc.status_code, exc.message, exc.code,
-                                 error_headers(exc))(scope, receive, send)
+                "request failed: {}", (exc.message.splitlines() or [""])[0])
+            try:
+                await error_response(dialect_for_path(path), exc.status_code, exc.message,
+                                     exc.code, error_headers(exc))(scope, receive, send)
+            except RuntimeError:  # the response had started after all: the server cuts it
+                logger.bind(path=path).warning("response cut after it started: {}", exc.message)
         except Exception as exc:
             logger.opt(exception=exc).bind(path=path).error(
                 "unexpected error: {}: {}", type(exc).__name__, exc)

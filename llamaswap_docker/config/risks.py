@@ -10,16 +10,18 @@ the config file (``--watch-config``) is known to hold that much power.
 
 from __future__ import annotations
 
+import posixpath
+
 from pydantic.alias_generators import to_camel
 
 from llamaswap_docker.config.schema import Config, Loc, ModelConfig, VolumeMount
 
 __all__ = ["host_risks"]
 
-#: Host paths whose mount hands over the host (the engine's socket) or its system.
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
-_SYSTEM_PATHS = ("/", "/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/usr", "/bin", "/sbin",
-                 "/lib", "/var/lib/docker", "/var/run", "/run")
+#: Host folders whose mount (or a path below them) hands over the host's system or secrets.
+_SYSTEM_PATHS = ("/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/usr", "/bin", "/sbin",
+                 "/lib", "/lib64", "/var/lib/docker", "/var/lib/containerd", "/var/run", "/run",
+                 "/home")
 #: Device nodes GPU platforms pass (NVIDIA, AMD, Intel, Moore Threads): anything else is noted.
 _GPU_DEVICE_PREFIXES = ("/dev/dri", "/dev/kfd", "/dev/nvidia", "/dev/mtgpu", "/dev/mtgpu.")
 
@@ -57,13 +59,15 @@ def _model_risks(model_id: str, model: ModelConfig) -> list[tuple[Loc, str]]:
         risks.append((loc, "the container shares the host's IPC namespace (its shared memory "
                            f"and semaphores){origin}"))
     for option in options.security_opt:
-        if "unconfined" in option:
+        if "unconfined" in option or option.replace(":", "=") == "label=disable":
             loc, origin = where("security_opt")
             risks.append((loc, f"{option!r} turns the kernel's confinement of the "
                                f"container off{origin}"))
     if "devices" in written:
         for index, device in enumerate(options.devices):
-            host = device.split(":", 1)[0]
+            host = posixpath.normpath(device.split(":", 1)[0])
+            if "=" in host:
+                continue  # a CDI name (nvidia.com/gpu=0), not a host path
             if not host.startswith(_GPU_DEVICE_PREFIXES):
                 risks.append(((*base, "docker", "devices", index),
                               f"the container gets the host device {host}"))
@@ -71,11 +75,15 @@ def _model_risks(model_id: str, model: ModelConfig) -> list[tuple[Loc, str]]:
         mount = VolumeMount.parse(volume)
         if not mount.is_bind:
             continue
-        source = mount.source.rstrip("/") or "/"
-        if source in _DOCKER_SOCKETS:
-            risks.append(((*base, "volumes", index), f"mounts the Docker socket {source}: the "
-                          "container can start containers of its own, root on the host"))
-        elif source in _SYSTEM_PATHS:
+        source = posixpath.normpath(mount.source)
+        if source.startswith("//"):
+            source = "/" + source.lstrip("/")
+        if source.endswith(".sock"):
+            risks.append(((*base, "volumes", index), f"mounts the socket {source}: if it is a "
+                          "container engine's (Docker, Podman, containerd), the container can "
+                          "start containers of its own, root on the host"))
+        elif source == "/" or any(source == p or source.startswith(p + "/")
+                                  for p in _SYSTEM_PATHS):
             writable = "read-only" if mount.read_only else "writable"
             risks.append(((*base, "volumes", index),
                           f"mounts the host's {source} into the container ({writable})"))

@@ -549,9 +549,14 @@ class ModelConfig(_Schema):
     @property
     def key_env(self) -> str | None:
         """Where this model's server takes its per-start API key; None: it takes none."""
-        if self.upstream_key_env is not None:
-            return self.upstream_key_env or None
-        return self.preset.key_env if self.preset else None
+        name = self.upstream_key_env
+        if name is None:
+            name = self.preset.key_env if self.preset else None
+        # A key the user set (in env, or --api-key in cmd, which beats the variable) is theirs:
+        # the proxy does not replace it and clients send it themselves.
+        if not name or name in self.env or "--api-key" in self.cmd:
+            return None
+        return name
 
     @property
     def pass_env(self) -> tuple[str, ...]:

@@ -35,11 +35,13 @@ async def wait_until_healthy(
     timeout_s: float,
     container_state: Callable[[], Awaitable[ContainerState | None]],
     abandon: Callable[[], bool] = lambda: False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[str | None, ContainerState | None]:
     """Poll ``url`` until it answers 200.
 
     Args:
         url: the health URL, or None to treat a running container as healthy.
+        headers: sent with every poll (the container's API key, for a guarded health path).
         container_state: reads the container's process state (None when it is gone).
         abandon: polled between tries; True gives up (nobody waits for this model any more).
 
@@ -50,7 +52,8 @@ async def wait_until_healthy(
     while True:
         if url is not None:
             try:
-                response = await http.get(url, timeout=httpx.Timeout(2.0, connect=1.0))
+                response = await http.get(url, timeout=httpx.Timeout(2.0, connect=1.0),
+                                          headers=headers)
                 if response.status_code == 200:
                     return None, None
             except httpx.HTTPError:

@@ -70,6 +70,11 @@ class Lease:
             self._manager._release(self._runtime)
 
 
+def _key_header(container: ContainerRef) -> dict[str, str] | None:
+    """The container's API key as a header, for health paths a server guards too."""
+    return {"Authorization": f"Bearer {container.upstream_key}"} if container.upstream_key else None
+
+
 @dataclass(eq=False)
 class _Waiter:
     model_id: str
@@ -573,6 +578,7 @@ class ModelManager:
                 self.config.health_check_timeout,
                 lambda: asyncio.to_thread(self.containers.state, container.id),
                 abandon=lambda: self._abandonable(model_id),
+                headers=_key_header(container),
             )
             if outcome is None:
                 runtime.state, runtime.ready_since = ModelState.READY, time.monotonic()
@@ -686,7 +692,8 @@ class ModelManager:
             return f"container is {ref.status}"
         if model.health_path:
             try:
-                response = await self.http.get(f"{ref.base_url}{model.health_path}", timeout=5)
+                response = await self.http.get(f"{ref.base_url}{model.health_path}", timeout=5,
+                                               headers=_key_header(ref))
             except httpx.HTTPError as exc:
                 return f"health check failed: {exc!r}"
             if response.status_code != 200:

@@ -200,7 +200,7 @@ async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
         model_id, rest = split_upstream_target(
             config.resolve, path[len("/upstream/"):],
             raw_path.decode("latin-1")[len("/upstream/"):] if raw_path else None)
-        body = await read_body(headers, receive, routes.limits[model_id])
+        body = await read_body(headers, receive, routes.limits.get(model_id, routes.largest_body))
         return _Target(model_id, "/" + rest + ("?" + query.decode("latin-1") if query else ""),
                        body)
     body = await read_body(headers, receive, routes.largest_body)
@@ -210,11 +210,13 @@ async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
     request: ModelRequest = parse_model_request(body, _header(headers, b"content-type"),
                                                 query_model, uploads=path in UPLOAD_PATHS)
     model_id = manager.resolve(request.model_name)
-    limit = routes.limits[model_id]
+    if model_id not in routes.limits:  # a reload added it while the body was read
+        routes = _routes_for(manager.config)
+    limit = routes.limits.get(model_id, routes.largest_body)
     if len(body) > limit:
         raise RequestTooLarge(f"request body of {len(body)} bytes is larger than "
                               f"maxRequestBodySize ({_mib(limit)}) of model {model_id!r}")
-    if routes.rewrites[model_id]:
+    if routes.rewrites.get(model_id):
         body = rewrite_body(request, config.models[model_id])
     upstream_path = path + ("?" + query.decode("latin-1") if query else "")
     return _Target(model_id, upstream_path, body, request.payload)
@@ -325,7 +327,8 @@ async def forward(
     except asyncio.CancelledError:
         if watch is None or not watch.gone:
             raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        if asyncio.current_task().uncancel() > 0:  # type: ignore[union-attr]
+            raise  # cancelled from outside too (shutdown): not ours to swallow
         logger.bind(model=model_id, path=path).info(
             "client disconnected; upstream request cancelled")
     except ClientGone:
@@ -350,7 +353,10 @@ async def _relay(
     if progress is not None:
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
         if response.status != 200:
-            detail = (await response.read())[:ERROR_DETAIL_BYTES].decode("utf-8", "replace")
+            try:
+                detail = (await response.read())[:ERROR_DETAIL_BYTES].decode("utf-8", "replace")
+            except UpstreamError as exc:
+                detail = f"(and then: {exc})"
             message = f"model {lease.model_id!r} answered {response.status}: {detail}"
             await _end_stream(send, dialect, 502, message, "upstream_error")
             return
@@ -389,7 +395,11 @@ async def _relay(
 
 async def _failure(manager: ModelManager, lease: Lease, exc: UpstreamError, what: str) -> str:
     """Why the model server failed us: its container's death when it died, else the error."""
-    reason = await manager.report_upstream_failure(lease)
+    try:
+        reason = await manager.report_upstream_failure(lease)
+    except Exception as engine_exc:  # noqa: BLE001 - the engine is slow too: say what we know
+        logger.bind(model=lease.model_id).warning("could not check the container: {}", engine_exc)
+        reason = None
     return f"model {lease.model_id!r} {what}: {reason or exc}"
 
 

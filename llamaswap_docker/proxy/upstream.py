@@ -51,6 +51,10 @@ KEEPALIVE_EXPIRY_S = 3.0
 CONNECT_TIMEOUT_S = 10.0
 #: Responses up to this size (by Content-Length) are read whole and relayed in one piece.
 SMALL_RESPONSE_BYTES = 256 * 1024
+#: A pooled connection that fails this soon after the request was written, with nothing
+#: received, met the server's idle close: the request was not processed and is sent again.
+#: Later, the server may have been working on it (then crashed): never sent twice.
+STALE_WINDOW_S = 0.25
 #: Body bytes buffered from the server before reading pauses (the client is slower).
 READ_BUFFER_BYTES = 256 * 1024
 
@@ -113,7 +117,9 @@ def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
             excluded = excluded | _connection_tokens(headers)
         elif name == b"content-type" and value.startswith(b"text/event-stream"):
             event_stream = True
-    relayed = [(name, value) for name, value in headers if name not in excluded]
+    # CORS is the proxy's (api/guard.py): a server's own Access-Control-* would contradict it.
+    relayed = [(name, value) for name, value in headers
+               if name not in excluded and not name.startswith(b"access-control-")]
     if event_stream:
         # Tell nginx-style reverse proxies in front of us not to buffer the stream.
         relayed.append((b"x-accel-buffering", b"no"))
@@ -162,7 +168,7 @@ class _Connection(asyncio.Protocol):
         self.received_any = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(UpstreamError(f"invalid HTTP response from the model server: {exc}"))
             self._close()
 
@@ -171,8 +177,8 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         if self.complete:
             return
-        if self.headers_done.done() and self.length is None and not self.chunked:
-            self.complete = True  # a body delimited by the connection's close
+        if exc is None and self.headers_done.done() and self.length is None and not self.chunked:
+            self.complete = True  # a body delimited by the connection's (clean) close
             self.readable.set()
             return
         reason = f"{type(exc).__name__}: {exc}" if exc else "the server closed the connection"
@@ -192,7 +198,12 @@ class _Connection(asyncio.Protocol):
                 self.length = int(value)
             elif name == b"transfer-encoding" and b"chunked" in value.lower():
                 self.chunked = True
-        if self.head_request or self.status in (204, 304):
+        if self.status in (204, 304):
+            # No body, whatever a Content-Length says (304: the representation's): relaying
+            # it would make the client wait for bytes that never come.
+            self.headers = [(n, v) for n, v in self.headers if n != b"content-length"]
+            self.length = 0
+        elif self.head_request:
             self.length = 0
         if not self.headers_done.done():
             self.headers_done.set_result(None)
@@ -234,10 +245,10 @@ class _Connection(asyncio.Protocol):
     async def next_chunk(self) -> bytes:
         """The next body bytes; ``b""`` at the end of the body."""
         while not self.chunks:
-            if self.complete:
-                return b""
             if self.error is not None:
                 raise self.error
+            if self.complete:
+                return b""
             self.readable.clear()
             await self.readable.wait()
         chunk = self.chunks.popleft()
@@ -302,10 +313,12 @@ class _Pool:
     async def open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port),
-                CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError) as exc:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # (the client left) that lands as the connection completes.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, connection = await loop.create_connection(lambda: _Connection(self),
+                                                             self.host, self.port)
+        except (OSError, TimeoutError) as exc:
             raise UpstreamError(
                 f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}: {exc}",
                 connect=True) from exc
@@ -415,14 +428,16 @@ class UpstreamClient:
         reused = connection is not None
         if connection is None:
             connection = await pool.open()
+        written = time.monotonic()
         try:
             connection.send(head, body, head_request)
             await connection.headers_done
         except UpstreamError as exc:
             connection._close()
-            # A pooled connection the server had already closed, with nothing received: the
-            # request was not processed. Once more, on a fresh connection.
-            if not (reused and not connection.received_any):
+            # A pooled connection the server had already closed (nothing received, and at
+            # once): the request was not processed. Once more, on a fresh connection.
+            stale = time.monotonic() - written < STALE_WINDOW_S
+            if not (reused and stale and not connection.received_any):
                 raise
             logger.bind(upstream=base_url, error=str(exc)).debug(
                 "pooled upstream connection was closed by the server; resending on a new one")

@@ -20,21 +20,25 @@ ROUTES = [("POST", "/v1/chat/completions"), ("GET", "/running"), ("GET", "/unloa
           ("POST", "/api/models/unload"), ("GET", "/logs"), ("GET", "/v1/models")]
 
 
+@pytest.mark.parametrize(("header", "value", "hint"), [
+    ("host", "evil.example", "allowedHosts"),  # DNS rebinding: the page's name on 127.0.0.1
+    ("origin", "https://evil.example", "cors.allowOrigins"),  # a cross-site fetch or form
+])
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_a_foreign_host_is_refused_on_every_route(proxy, method, path) -> None:
-    # DNS rebinding: the page's own name, resolved to 127.0.0.1.
-    response = httpx.request(method, f"{proxy.url}{path}", json=CHAT,
-                             headers={"host": "evil.example"}, timeout=10)
+def test_a_foreign_host_or_origin_is_refused_on_every_route(proxy, method, path, header, value,
+                                                            hint) -> None:
+    response = httpx.request(method, f"{proxy.url}{path}", json=CHAT, headers={header: value},
+                             timeout=10)
     assert response.status_code == 403, response.text
-    assert "allowedHosts" in response.json()["error"]["message"]
+    assert hint in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_a_foreign_origin_is_refused_on_every_route(proxy, method, path) -> None:
-    response = httpx.request(method, f"{proxy.url}{path}", json=CHAT,
-                             headers={"origin": "https://evil.example"}, timeout=10)
-    assert response.status_code == 403, response.text
-    assert "cors.allowOrigins" in response.json()["error"]["message"]
+def test_a_cross_site_get_without_origin_is_refused(proxy) -> None:
+    # <img src="http://127.0.0.1:8080/unload">: no Origin, but the browser says where from.
+    response = httpx.get(f"{proxy.url}/unload", headers={"sec-fetch-site": "cross-site"})
+    assert response.status_code == 403
+    same = httpx.get(f"{proxy.url}/running", headers={"sec-fetch-site": "same-origin"})
+    assert same.status_code == 200
 
 
 def test_nothing_a_refused_page_sent_reached_a_model(proxy) -> None:

@@ -137,7 +137,8 @@ def test_config_check_warns_what_a_config_gives_the_host_and_still_passes(tmp_pa
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert f"warning: {path}:6: models.a.docker.privileged: the container runs privileged" in \
         "\n".join(warnings)
-    assert any(f"{path}:4: models.a.volumes[0]: mounts the Docker socket" in w for w in warnings)
+    assert any(f"{path}:4: models.a.volumes[0]: mounts the socket /var/run/docker.sock" in w
+               for w in warnings)
     # Powers a preset adds are named with the preset, on the backend's line.
     preset = [w for w in warnings if "models.rocm.backend" in w]
     assert preset and all(f"{path}:8:" in w and "added by the vllm preset for rocm" in w

@@ -6,10 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llamaswap_docker.config import Config, ConfigIssue, load_config, load_config_text
 from llamaswap_docker.config.backends import BACKENDS, PLATFORMS, backend_preset
 from llamaswap_docker.errors import ConfigError
+from llamaswap_docker.runtime import ContainerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -248,3 +250,28 @@ def test_presets_never_leak_into_other_models_defaults() -> None:
     for plain in (config.models["b"], config.models["c"]):
         assert plain.docker.ipc is None and plain.docker.cap_add == [] and plain.docker.security_opt == []
     assert config.models["b"].env == {} and config.models["b"].volumes == []
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"backend": "llama.cpp"}, "LLAMA_API_KEY"),
+    ({"backend": "vllm", "cmd": "--model m"}, "VLLM_API_KEY"),
+    ({"image": "x"}, None),  # custom: opt in
+    ({"image": "x", "upstreamKeyEnv": "MY_KEY"}, "MY_KEY"),
+    ({"backend": "llama.cpp", "upstreamKeyEnv": ""}, None),  # turned off
+    # A key the user manages stays theirs: no generated key overrides or contradicts it.
+    ({"backend": "llama.cpp", "env": {"LLAMA_API_KEY": "mine"}}, None),
+    ({"backend": "llama.cpp", "cmd": "-m /m.gguf --api-key mine"}, None),
+])
+def test_which_variable_gets_the_per_start_key(entry, expected) -> None:
+    config = load_config_text(yaml.safe_dump({"models": {"m": entry}}), source="t.yaml")
+    model = config.models["m"]
+    assert model.key_env == expected
+    spec = ContainerSpec.from_model("m", model)
+    fresh = spec.with_new_key()
+    assert spec.spec_hash == fresh.spec_hash  # a new key is never a new spec
+    env = fresh.container_kwargs()["environment"]
+    if expected:
+        assert len(env[expected]) >= 32 and env[expected] != spec.with_new_key().upstream_key
+        assert fresh.upstream_key not in repr(fresh)
+    else:
+        assert fresh.upstream_key is None

@@ -280,3 +280,50 @@ def test_a_connection_accepted_then_closed_at_once_is_an_upstream_error(loop: st
         await client.close()
         server.close()
     run(scenario(), loop)
+
+
+def test_relayed_response_headers_leave_cors_to_the_proxy() -> None:
+    from llamaswap_docker.proxy.upstream import response_headers
+
+    relayed = dict(response_headers([
+        (b"content-type", b"text/event-stream"), (b"access-control-allow-origin", b"*"),
+        (b"access-control-allow-credentials", b"true"), (b"date", b"x"), (b"x-kept", b"1"),
+        (b"connection", b"keep-alive, x-hop"), (b"x-hop", b"1")]))
+    assert relayed == {b"content-type": b"text/event-stream", b"x-kept": b"1",
+                       b"x-accel-buffering": b"no"}
+
+
+def test_a_request_the_server_sat_on_before_closing_is_not_sent_twice() -> None:
+    # Reused connection, nothing received — but the server took its time: it may have been
+    # generating (then crashed). Resending would run the work twice.
+    async def scenario() -> None:
+        async def answer(request: bytes, n: int) -> bytes | None:
+            if n == 2:
+                await asyncio.sleep(0.5)
+                return None
+            return OK
+
+        server = CannedServer(answer)
+        async with server as url:
+            client = UpstreamClient()
+            assert (await fetch(client, url))[0] == 200
+            with pytest.raises(UpstreamError):
+                await fetch(client, url)
+            assert len(server.requests) == 2
+            await client.close()
+    run(scenario())
+
+
+def test_304_relays_no_length_and_no_body() -> None:
+    async def scenario() -> None:
+        reply = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: x\r\n\r\n"
+        server = CannedServer(await always(reply))
+        async with server as url:
+            client = UpstreamClient()
+            status, headers, body = await fetch(client, url, method="GET", body=None)
+            assert (status, body) == (304, b"")
+            assert b"content-length" not in dict(headers) and dict(headers)[b"etag"] == b"x"
+            assert (await fetch(client, url, method="GET", body=None))[0] == 304  # reusable
+            assert server.connections == 1
+            await client.close()
+    run(scenario())
