@@ -51,8 +51,8 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         upstream = UpstreamClient()
         await upstream.open()
         manager = ModelManager(config, containers, http)
-        app.state.llamaswap = AppState(engine=engine, manager=manager, http=http,
-                                       upstream=upstream)
+        app.state.llamaswap = proxy.running.llamaswap = AppState(
+            engine=engine, manager=manager, http=http, upstream=upstream)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
         try:
@@ -111,6 +111,7 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         return error_response(dialect_for_path(request.url.path), 500,
                               "internal error in llamaswap-docker; see the proxy log", "internal_error")
 
-    return ProxyApp(app, config, listen_host, extra_hosts)
+    proxy = ProxyApp(app, config, listen_host, extra_hosts)
+    return proxy
 
 

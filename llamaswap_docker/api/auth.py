@@ -81,7 +81,7 @@ class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, config: Config, state: Any) -> None:
         self.app = app
         self.config = config
-        self.state = state  # the app's ``state``; its ``llamaswap`` is set by the lifespan
+        self.state = state  # has ``llamaswap`` (the running AppState) once the lifespan set it
 
     def _keys(self) -> Sequence[str]:
         running = getattr(self.state, "llamaswap", None)

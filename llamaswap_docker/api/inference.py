@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from llamaswap_docker.api.auth import ApiKeyMiddleware
 from llamaswap_docker.api.errors import error_headers, error_response
 from llamaswap_docker.api.guard import HostOriginGuard
-from llamaswap_docker.api.state import app_state
+from llamaswap_docker.api.state import AppState, app_state
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.proxy import dialect_for_path, forward
@@ -49,6 +49,15 @@ UPSTREAM_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "
 router = APIRouter()
 
 
+class Running:
+    """Holder of the running ``AppState`` (None before startup and after shutdown)."""
+
+    __slots__ = ("llamaswap",)
+
+    def __init__(self) -> None:
+        self.llamaswap: AppState | None = None
+
+
 class ProxyApp:
     """The ASGI app the server runs: inference requests straight to the hop, everything else
     (management API, ``/v1/models``, OpenAPI) to FastAPI; Host, Origin and API keys checked
@@ -61,9 +70,12 @@ class ProxyApp:
                  extra_hosts: list[str] | None = None) -> None:
         self.api = api
         self.state = api.state
+        #: The running ``AppState`` as a plain attribute (``running.llamaswap``), set by the
+        #: lifespan next to ``state.llamaswap``: read on every request, faster than State's.
+        self.running = Running()
         # Host/Origin first (a page in the operator's browser has no key to fail), then keys.
-        self._checked = HostOriginGuard(ApiKeyMiddleware(self._dispatch, config, api.state),
-                                        config, api.state, listen_host, extra_hosts)
+        self._checked = HostOriginGuard(ApiKeyMiddleware(self._dispatch, config, self.running),
+                                        config, self.running, listen_host, extra_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -82,7 +94,7 @@ class ProxyApp:
         await self.api(scope, receive, send)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = self.state.llamaswap
+        state = self.running.llamaswap
         path: str = scope["path"]
         try:
             await forward(state.manager, state.upstream, scope, receive, send)
