@@ -67,6 +67,16 @@ class _Policy:
         self.check_host = is_loopback(listen_host) or bool(configured)
         self.hosts = LOOPBACK_HOSTS | {_hostname(host) for host in configured}
         self.origins = frozenset(config.cors.allow_origins)
+        # Host header values already found allowed: clients repeat theirs on every request.
+        self.seen_hosts: set[bytes] = set()
+
+    def host_allowed(self, host: bytes) -> bool:
+        if host in self.seen_hosts:
+            return True
+        allowed = _hostname(host.decode("latin-1")) in self.hosts
+        if allowed and len(self.seen_hosts) < 256:
+            self.seen_hosts.add(host)
+        return allowed
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         if origin in self.origins:
@@ -105,20 +115,22 @@ class HostOriginGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = origin = None
+        host: bytes | None = None
+        origin: str | None = None
         cross_site = False
         for name, value in scope["headers"]:
             if name == b"host":
-                host = value.decode("latin-1")
+                host = value
             elif name == b"origin":
                 origin = value.decode("latin-1").lower()
             elif name == b"sec-fetch-site":
                 cross_site = value == b"cross-site"
         policy = self._current()
         path: str = scope["path"]
-        if policy.check_host and host is not None and _hostname(host) not in policy.hosts:
-            await self._refuse(scope, receive, send, f"Host {host!r} is not served here: "
-                               "add it to allowedHosts in the config to allow it", host=host)
+        if policy.check_host and host is not None and not policy.host_allowed(host):
+            shown = host.decode("latin-1")
+            await self._refuse(scope, receive, send, f"Host {shown!r} is not served here: "
+                               "add it to allowedHosts in the config to allow it", host=shown)
             return
         if path == "/health" and scope.get("method") in ("GET", "HEAD"):
             await self.app(scope, receive, send)
@@ -132,7 +144,7 @@ class HostOriginGuard:
                 return
             await self.app(scope, receive, send)
             return
-        if not policy.origin_allowed(origin, host):
+        if not policy.origin_allowed(origin, host.decode("latin-1") if host else None):
             await self._refuse(scope, receive, send, f"requests from web pages on {origin!r} are "
                                "not allowed: add the origin to cors.allowOrigins in the config "
                                "to allow it", origin=origin)
