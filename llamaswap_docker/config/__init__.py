@@ -87,7 +87,8 @@ def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = N
         "volumes": ["${demo_models_dir}:/models:ro"],
         "checkEndpoint": "/health",
         "upstreamKeyEnv": "LLAMA_API_KEY",
-        "filters": {"setParams": {"stop": ["\n"]}},
+        # One line, greedy: a small base model's best answer, the same every time.
+        "filters": {"setParams": {"stop": ["\n"], "temperature": 0}},
     }
     document["groups"]["demo"]["members"].append(REAL_MODEL_ID)
     return load_config_text(yaml.safe_dump(document, sort_keys=False),

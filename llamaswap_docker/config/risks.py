@@ -18,10 +18,11 @@ from llamaswap_docker.config.schema import Config, Loc, ModelConfig, VolumeMount
 
 __all__ = ["host_risks"]
 
-#: Host folders whose mount (or a path below them) hands over the host's system or secrets.
-_SYSTEM_PATHS = ("/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/usr", "/bin", "/sbin",
-                 "/lib", "/lib64", "/var/lib/docker", "/var/lib/containerd", "/var/run", "/run",
-                 "/home")
+#: Host folders whose mount, or a path below them, hands over the host's system.
+_SYSTEM_TREES = ("/etc", "/boot", "/proc", "/sys", "/dev", "/usr", "/bin", "/sbin", "/lib",
+                 "/lib64", "/var/lib/docker", "/var/lib/containerd")
+#: Folders whose whole mount does (below them live ordinary data: models under /home/me).
+_SYSTEM_ROOTS = ("/", "/root", "/home", "/var", "/run", "/var/run")
 #: Device nodes GPU platforms pass (NVIDIA, AMD, Intel, Moore Threads): anything else is noted.
 _GPU_DEVICE_PREFIXES = ("/dev/dri", "/dev/kfd", "/dev/nvidia", "/dev/mtgpu", "/dev/mtgpu.")
 
@@ -82,8 +83,8 @@ def _model_risks(model_id: str, model: ModelConfig) -> list[tuple[Loc, str]]:
             risks.append(((*base, "volumes", index), f"mounts the socket {source}: if it is a "
                           "container engine's (Docker, Podman, containerd), the container can "
                           "start containers of its own, root on the host"))
-        elif source == "/" or any(source == p or source.startswith(p + "/")
-                                  for p in _SYSTEM_PATHS):
+        elif source in _SYSTEM_ROOTS or "/.ssh" in source + "/" or any(
+                source == tree or source.startswith(tree + "/") for tree in _SYSTEM_TREES):
             writable = "read-only" if mount.read_only else "writable"
             risks.append(((*base, "volumes", index),
                           f"mounts the host's {source} into the container ({writable})"))
