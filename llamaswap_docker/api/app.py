@@ -16,14 +16,13 @@ from starlette.responses import Response
 
 from llamaswap_docker import __version__
 from llamaswap_docker.api import admin, inference, logs
-from llamaswap_docker.api.inference import ProxyApp
 from llamaswap_docker.api.errors import error_response, llamaswap_error_response
-from llamaswap_docker.proxy.dialects import dialect_for_path
+from llamaswap_docker.api.inference import ProxyApp
 from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.lifecycle import ModelManager
-from llamaswap_docker.proxy import UpstreamClient
+from llamaswap_docker.proxy import UpstreamClient, dialect_for_path
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 
 __all__ = ["create_app", "new_control_client"]
@@ -111,7 +110,7 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         return error_response(dialect_for_path(request.url.path), 500,
                               "internal error in llamaswap-docker; see the proxy log", "internal_error")
 
-    proxy = ProxyApp(app, config, listen_host, extra_hosts)
+    proxy = ProxyApp(app, config, listen_host, extra_hosts)  # the lifespan above fills it
     return proxy
 
 

@@ -129,7 +129,9 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
                     "    if p.isdigit() and int(p) not in (1, os.getpid()):\n"
                     "        cmd = open(f'/proc/{p}/cmdline', 'rb').read()\n"
                     "        if b'llamaswap-docker' in cmd and b'python3\\x00-c' not in cmd:\n"
-                    "            os.kill(int(p), 9)\n"], check=True)
+                    "            os.kill(int(p), 9)\n"], check=False)
+    # Killing the server ends the container (its init exits), and with it this exec: 137 is
+    # what that looks like from here. The restart below is the check.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         proxy.reload()
