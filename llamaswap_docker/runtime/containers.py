@@ -149,10 +149,7 @@ class Containers:
     def ensure_network(self) -> None:
         """Create the user-defined bridge model containers join, unless it exists."""
         client = self.engine.client
-        found = self.engine.run_sync(
-            f"listing networks named {self.network}", client.networks.list, names=[self.network]
-        )
-        if any(net.name == self.network for net in found):
+        if self._network_exists():
             self._join_network()
             return
         try:
@@ -165,9 +162,7 @@ class Containers:
             )
         except EngineError:
             # Another proxy may have created it between our list and create.
-            again = self.engine.run_sync(f"listing networks named {self.network}",
-                                         client.networks.list, names=[self.network])
-            if not any(net.name == self.network for net in again):
+            if not self._network_exists():
                 raise
         logger.bind(network=self.network).info("network created")
         self._join_network()
@@ -238,12 +233,23 @@ class Containers:
         kwargs["network"] = self.network
         if self.routing == "host":
             kwargs["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", None)}
+        # The network can vanish under a running proxy (another stack's `down`): bring it back
+        # rather than fail every start until a restart. (Checked before, not after a failure:
+        # a container created on a network that is gone fails only when started.)
+        if not self._network_exists():
+            logger.bind(network=self.network).warning("network is gone; creating it again")
+            self.ensure_network()
         container = self.engine.run_sync(
             f"creating container for model {spec.model_id!r}",
             self.engine.client.containers.create,
             **kwargs,
         )
         return self._ref(container.attrs, port=spec.port)
+
+    def _network_exists(self) -> bool:
+        found = self.engine.run_sync(f"listing networks named {self.network}",
+                                     self.engine.client.networks.list, names=[self.network])
+        return any(net.name == self.network for net in found)
 
     def start(self, container_id: str, port: int) -> ContainerRef:
         """Start a created container and read back where it answers."""

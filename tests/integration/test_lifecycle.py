@@ -222,3 +222,21 @@ def test_unload_stops_and_removes_containers(start_proxy, docker_client, instanc
         assert httpx.get(f"{proxy.url}/unload", timeout=30).status_code == 200
     assert model_containers(docker_client, instance_name) == []
     assert running_ids(proxy.url) == {}
+
+
+def test_a_network_removed_under_the_proxy_is_created_again_on_the_next_start(
+    start_proxy, docker_client, instance_name
+) -> None:
+    # What `docker-compose down` of another stack using the same network name does.
+    network = f"{instance_name}-vanishing"
+    proxy = start_proxy({"fake": fake_model()}, docker={"network": network})
+    assert chat(proxy.url, "fake").status_code == 200
+    httpx.post(f"{proxy.url}/api/models/unload", timeout=30).raise_for_status()
+    [gone] = docker_client.networks.list(names=[network])
+    gone.remove()
+
+    response = chat(proxy.url, "fake")
+    assert response.status_code == 200, response.text
+    [back] = docker_client.networks.list(names=[network])
+    back.reload()
+    assert back.attrs["Labels"]["io.llamaswap.instance"] == instance_name  # ours: reaped later
