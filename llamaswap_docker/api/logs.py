@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -178,17 +179,26 @@ async def model_logs_stream(
     tail: TailQuery = 100,
     follow: Annotated[bool, Query(description="keep streaming new output")] = True,
 ) -> Response:
-    """The output (stdout and stderr) of the model's container, as the engine has it."""
+    """The output (stdout and stderr) of the model's container, as the engine has it; once the
+    container is gone (swapped out, stopped, crashed), the last lines it wrote."""
     state = app_state(request)
     model_id = state.manager.resolve(model)
     runtime = state.manager.models.get(model_id)
     container = runtime.container if runtime is not None else None
     if runtime is None or container is None:
         state_name = runtime.state.value if runtime is not None else "removed"
+        kept = state.manager.last_output.get(model_id)
+        if kept is not None:
+            stopped = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(kept.stopped_at))
+            header = (f"# {model_id} has no container now ({state_name}); the last output of "
+                      f"{kept.container_name}, stopped {stopped} ({kept.reason}):\n")
+            lines = _last(kept.text.splitlines(), tail)
+            return PlainTextResponse(header + "".join(f"{line}\n" for line in lines),
+                                     media_type=_TEXT)
         return error_response(
             "openai", 404,
-            f"model {model_id!r} has no container ({state_name}): nothing to show; "
-            f"load it first (POST /api/models/load/{model_id})",
+            f"model {model_id!r} has no container ({state_name}) and none ran since the proxy "
+            f"started: nothing to show; start it with `llamaswap-docker load {model_id}`",
             "model_not_running",
         )
     containers = state.manager.containers

@@ -37,7 +37,7 @@ from llamaswap_docker.lifecycle.scheduler import models_to_evict
 from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec, ContainerState, ensure_image
 from llamaswap_docker.runtime.events import ContainerEvent, EventWatcher
 
-__all__ = ["Lease", "ModelManager"]
+__all__ = ["LastOutput", "Lease", "ModelManager"]
 
 #: How often idle models are checked against their TTL.
 TTL_CHECK_INTERVAL_S = 0.5
@@ -47,6 +47,18 @@ UPSTREAM_FAILURE_RECHECKS = 5
 MAX_DEATH_REASONS = 256
 #: Log lines of a failed container quoted in its error.
 LOG_TAIL_LINES = 15
+#: Output lines kept of each model's last container once it is gone (``logs MODEL``).
+LAST_OUTPUT_LINES = 1000
+
+
+@dataclass(frozen=True)
+class LastOutput:
+    """What a model's previous container wrote, kept after its removal."""
+
+    container_name: str
+    reason: str  # why it was stopped
+    stopped_at: float  # epoch seconds
+    text: str
 
 
 class Lease:
@@ -119,6 +131,8 @@ class ModelManager:
         self._tasks = _Tasks()
         #: Why a container died, kept for requests that were in flight on it.
         self._death_reasons: dict[str, str] = {}
+        #: Each model's last removed container's output (bounded by ``LAST_OUTPUT_LINES``).
+        self.last_output: dict[str, LastOutput] = {}
         self._events: EventWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
@@ -497,7 +511,8 @@ class ModelManager:
             for model_id in evict:
                 self.models[model_id].draining = True
             log = logger.bind(model=target, evict=",".join(sorted(evict)))
-            log.info("swap: waiting for in-flight requests of evicted models")
+            if any(self.models[m].in_flight for m in evict):
+                log.info("swap: waiting for in-flight requests of evicted models")
             drained = await self._drain(evict, abandon_if_unwanted=target)
             if not drained:
                 log.info("swap abandoned: no request waits for the model any more")
@@ -653,7 +668,9 @@ class ModelManager:
             self.config.docker.stop_timeout
         )
         started = time.monotonic()
-        await asyncio.to_thread(self.containers.stop, ref.id, timeout)
+        output = await asyncio.to_thread(self.containers.stop, ref.id, timeout, LAST_OUTPUT_LINES)
+        # Kept for `llamaswap-docker logs MODEL` after the container is gone (a swap, a crash).
+        self.last_output[ref.model_id] = LastOutput(ref.name, reason, time.time(), output)
         logger.bind(model=ref.model_id, container=ref.name, reason=reason,
                     seconds=f"{time.monotonic() - started:.2f}").info("container stopped and removed")
 

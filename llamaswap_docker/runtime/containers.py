@@ -292,26 +292,26 @@ class Containers:
             return ""
         return output.decode("utf-8", "replace").rstrip()
 
-    def stop(self, container_id: str, timeout: int) -> None:
+    def stop(self, container_id: str, timeout: int, output_lines: int = 0) -> str:
         """Stop (SIGTERM, SIGKILL after ``timeout`` s), remove, and verify the container is gone.
+
+        Args:
+            output_lines: read this many of the container's last output lines between the stop
+                and the removal (its shutdown messages included), and return them.
+
+        Returns:
+            The output read ('' when none was asked for or the engine had none).
 
         Raises:
             EngineError: the engine still lists the container afterwards.
         """
         api = self.engine.client.api
         short = container_id[:12]
-        for action, call in (
-            ("stopping", lambda: api.stop(container_id, timeout=timeout)),
-            ("removing", lambda: api.remove_container(container_id, force=True, v=True)),
-        ):
-            try:
-                self.engine.run_sync(f"{action} container {short}", call)
-            except EngineError as exc:
-                if isinstance(exc.__cause__, docker.errors.NotFound):
-                    continue
-                # A removal already in progress answers 409: wait for it below.
-                if not isinstance(exc.__cause__, docker.errors.APIError):
-                    raise
+        self._tolerating_gone(f"stopping container {short}",
+                              lambda: api.stop(container_id, timeout=timeout))
+        output = self.logs_tail(container_id, output_lines) if output_lines else ""
+        self._tolerating_gone(f"removing container {short}",
+                              lambda: api.remove_container(container_id, force=True, v=True))
         try:
             api.wait(container_id, condition="removed", timeout=timeout + 10)
         except docker.errors.NotFound:
@@ -320,6 +320,18 @@ class Containers:
             pass
         if self.state(container_id) is not None:
             raise EngineError(f"container {short} is still on the engine after stop and remove")
+        return output
+
+    def _tolerating_gone(self, what: str, call: Any) -> None:
+        """Run an engine call for which a container already gone (404) or already being
+        removed (409, waited for by the caller) is no failure."""
+        try:
+            self.engine.run_sync(what, call)
+        except EngineError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return
+            if not isinstance(exc.__cause__, docker.errors.APIError):
+                raise
 
     def list_owned(self, model_id: str | None = None) -> list[ContainerRef]:
         """Every container (running or not) labelled as this instance's."""

@@ -339,3 +339,22 @@ def test_log_followers_do_not_hold_up_a_graceful_shutdown(proxy_processes) -> No
 def ready_names(url: str) -> dict[str, str]:
     running = httpx.get(f"{url}/running", timeout=10).json()["running"]
     return {e["model"]: e["container_name"] for e in running if e["state"] == "ready"}
+
+
+def test_logs_after_a_swap_prints_the_last_output_of_the_gone_container(start_proxy) -> None:
+    from tests.conftest import chat
+
+    proxy = start_proxy({"a": fake_model("--model-name", "a"), "b": fake_model("--model-name", "b")})
+    assert chat(proxy.url, "a").status_code == 200
+    name_a = ready_names(proxy.url)["a"]
+    assert chat(proxy.url, "b").status_code == 200  # one swap group: a's container is removed
+    assert "a" not in ready_names(proxy.url)
+
+    shown = cli("logs", "a", url=proxy.url)
+    assert shown.returncode == 0, shown.stderr
+    header, *lines = shown.stdout.splitlines()
+    assert f"the last output of {name_a}" in header and "swapping to b" in header
+    assert any("POST /v1/chat/completions 200" in line for line in lines), shown.stdout
+
+    never = cli("logs", "nowhere-yet", url=proxy.url)  # unknown model: the server's message
+    assert never.returncode == 1
