@@ -4,21 +4,30 @@
     GET  /running                    models that have a container (?all=true: every model)
     POST /api/models/load/<model>    start a model; waits until ready (?wait=false: 202 at once)
     POST /api/models/unload/<model>  stop a model once its in-flight requests finish
+                                     (?force=true: at once, cutting them)
     POST /api/models/unload          stop every model (legacy: GET /unload)
+    GET  /api/inflight               the requests in flight
+    POST /api/inflight/<id>/cancel   cut one
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from llamaswap_docker.api.state import app_state
+from llamaswap_docker.api.errors import error_response
+from llamaswap_docker.api.state import AppState, app_state
 from llamaswap_docker.lifecycle import ModelState, ModelStatus
 
-__all__ = ["router", "RunningModel", "RunningList", "LoadResult", "UnloadResult"]
+__all__ = ["router", "RunningModel", "RunningList", "LoadResult", "UnloadResult",
+           "InFlightRequest", "InFlightList"]
+
+ForceQuery = Annotated[bool, Query(
+    description="stop at once: cut the requests in flight (streams get an error event)")]
 
 router = APIRouter(tags=["management"])
 
@@ -63,6 +72,28 @@ class UnloadResult(BaseModel):
     unloaded: str
 
 
+class InFlightRequest(BaseModel):
+    """One request holding a model."""
+
+    id: str = Field(description="for POST /api/inflight/<id>/cancel")
+    model: str
+    path: str
+    client: str = Field(description="client address:port")
+    elapsed_s: float
+    bytes: int = Field(description="body bytes relayed to the client so far")
+
+
+class InFlightList(BaseModel):
+    """``GET /api/inflight``."""
+
+    inflight: list[InFlightRequest]
+
+
+def _cutter(state: AppState, reason: str) -> Callable[[list[str]], int]:
+    """What a forced unload calls to cut the requests in flight on its models."""
+    return lambda model_ids: state.inflight.cut_models(model_ids, reason)
+
+
 def _running_model(request: Request, status: ModelStatus) -> RunningModel:
     model = app_state(request).config.models[status.model_id]
     return RunningModel(
@@ -96,19 +127,39 @@ async def running(
 
 @router.post("/api/models/unload", response_model=UnloadResult)
 @router.get("/unload", response_model=UnloadResult, include_in_schema=False)
-async def unload_all(request: Request) -> UnloadResult:
-    """Stop every model once its in-flight requests finish."""
-    await app_state(request).manager.unload(None, reason="unload requested (all)")
+async def unload_all(request: Request, force: ForceQuery = False) -> UnloadResult:
+    """Stop every model once its in-flight requests finish (``?force=true``: at once)."""
+    state = app_state(request)
+    cut = _cutter(state, "every model unloaded (force)") if force else None
+    await state.manager.unload(None, reason="unload requested (all)", cut=cut)
     return UnloadResult(msg="ok", unloaded="all")
 
 
 @router.post("/api/models/unload/{model:path}", response_model=UnloadResult)
-async def unload_model(request: Request, model: str) -> UnloadResult:
-    """Stop one model (id or alias) once its in-flight requests finish."""
-    manager = app_state(request).manager
-    model_id = manager.resolve(model)
-    await manager.unload([model_id], reason="unload requested")
+async def unload_model(request: Request, model: str, force: ForceQuery = False) -> UnloadResult:
+    """Stop one model (id or alias) once its in-flight requests finish (``?force=true``: at
+    once, cutting them)."""
+    state = app_state(request)
+    model_id = state.manager.resolve(model)
+    cut = _cutter(state, f"model {model_id!r} unloaded (force)") if force else None
+    await state.manager.unload([model_id], reason="unload requested", cut=cut)
     return UnloadResult(msg="ok", unloaded=model_id)
+
+
+@router.get("/api/inflight", response_model=InFlightList)
+async def inflight(request: Request) -> InFlightList:
+    """The requests in flight, oldest first."""
+    entries = app_state(request).inflight.list()
+    return InFlightList(inflight=[InFlightRequest(**entry.snapshot()) for entry in entries])
+
+
+@router.post("/api/inflight/{request_id}/cancel")
+async def cancel_inflight(request: Request, request_id: str) -> JSONResponse:
+    """Cut one request in flight: its client gets an error, its model is free at once."""
+    if not app_state(request).inflight.cut(request_id, "cancelled (POST /api/inflight)"):
+        return error_response("openai", 404, f"no request {request_id!r} is in flight; "
+                              "GET /api/inflight lists them", "not_found")
+    return JSONResponse({"msg": "ok", "cancelled": request_id})
 
 
 @router.post("/api/models/load/{model:path}", response_model=LoadResult,

@@ -97,7 +97,7 @@ class ProxyApp:
         state = self.running.llamaswap
         path: str = scope["path"]
         try:
-            await forward(state.manager, state.upstream, scope, receive, send)
+            await forward(state.manager, state.upstream, state.inflight, scope, receive, send)
         except LlamaswapError as exc:
             # Raised before anything was sent (the hop reports later failures in-band).
             logger.bind(path=path, status=exc.status_code).warning(

@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from llamaswap_docker.config import Config
 from llamaswap_docker.lifecycle import ModelManager
-from llamaswap_docker.proxy import UpstreamClient
+from llamaswap_docker.proxy import InFlightRequests, UpstreamClient
 from llamaswap_docker.runtime import Engine
 
 __all__ = ["AppState", "app_state"]
@@ -26,6 +26,8 @@ class AppState:
     http: httpx.AsyncClient
     #: Data plane: every inference request (``proxy.upstream``).
     upstream: UpstreamClient
+    #: The requests holding a lease now (``GET /api/inflight``, forced unloads).
+    inflight: InFlightRequests = field(default_factory=InFlightRequests)
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -105,6 +105,8 @@ def load(
 def unload(
     model: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL", help="Model ids or aliases.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Unload every model.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", "-f", help="Stop at once, cutting requests in flight.")] = False,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -115,8 +117,10 @@ def unload(
     ```
     llamaswap-docker unload qwen-7b
     llamaswap-docker unload --all
+    llamaswap-docker unload --force qwen-7b     # cut what it is serving now
     ```
     """
+    params = {"force": "true"} if force else None
     models = model or []
     if bool(models) == all_:
         raise typer.BadParameter("name the model(s) to unload, or pass --all (not both)",
@@ -124,12 +128,13 @@ def unload(
     with ProxyClient(url, api_key, timeout=300) as client:
         if all_:
             with _spinner("unloading every model…"):
-                client.json("POST", "/api/models/unload")
+                client.json("POST", "/api/models/unload", params=params)
             stdout().print("unloaded all models", markup=False)
             return
         for name in models:
             with _spinner(f"unloading {name}…"):
-                result = client.json("POST", f"/api/models/unload/{model_path(name)}")
+                result = client.json("POST", f"/api/models/unload/{model_path(name)}",
+                                     params=params)
             stdout().print(f"{result['unloaded']}: unloaded", markup=False)
 
 

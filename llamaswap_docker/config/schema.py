@@ -442,6 +442,7 @@ class ModelConfig(_Schema):
     use_model_name: str = ""
     concurrency_limit: int = Field(0, ge=0)  # 0: unlimited
     max_request_body_size: ByteSize | None = None  # None: the global maxRequestBodySize
+    stall_timeout: int | None = Field(None, ge=1)  # None: the global stallTimeout
     # Variable the server reads an API key from (None: the backend's; "": none). Each start
     # gets a random key there, sent by the proxy only: a direct call to the container is 401.
     upstream_key_env: str | None = Field(None, pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
@@ -702,6 +703,8 @@ class Config(_Schema):
     max_request_body_size_default: ByteSize = Field(DEFAULT_MAX_REQUEST_BODY_SIZE,
                                                     alias="maxRequestBodySize")
     api_keys: list[ApiKey] = []
+    # Seconds a client may accept no bytes of a response before it is cut (its lease freed).
+    stall_timeout_default: int = Field(300, ge=1, alias="stallTimeout")
     # Host header values served besides the loopback names (set: the Host check is on).
     allowed_hosts: list[str] = []
     cors: CorsConfig = CorsConfig()

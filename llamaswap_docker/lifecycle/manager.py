@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,8 @@ class _Unload:
     future: asyncio.Future[None] | None = None
     #: Set for TTL unloads: skip a model that was used again since the TTL expired.
     idle_for: float | None = None
+    #: Set for forced unloads: cuts the requests in flight on the given models.
+    cut: Callable[[list[str]], object] | None = None
 
 
 @dataclass(eq=False)
@@ -276,12 +278,19 @@ class ModelManager:
         self._runtime(model_id)
         self._spawn(self._preload(model_id))
 
-    async def unload(self, model_ids: Iterable[str] | None = None, reason: str = "unload requested") -> None:
-        """Stop the given models (all when None) once their in-flight requests finish."""
+    async def unload(self, model_ids: Iterable[str] | None = None, reason: str = "unload requested",
+                     cut: Callable[[list[str]], object] | None = None) -> None:
+        """Stop the given models (all when None) once their in-flight requests finish.
+
+        ``cut`` (a forced unload) ends those requests instead of waiting: it is called at once,
+        and again when the unload runs, for requests admitted meanwhile.
+        """
         targets = list(self.models if model_ids is None else model_ids)
         for model_id in targets:
             self._runtime(model_id)
-        await self._unload_now(targets, reason)
+        if cut is not None:
+            cut(targets)
+        await self._unload_now(targets, reason, cut)
 
     async def report_upstream_failure(self, lease: Lease) -> str | None:
         """Check the container after a failed upstream call; if it died, say how.
@@ -401,9 +410,11 @@ class ModelManager:
         if changed:
             await self._unload_now(changed, "config changed")
 
-    async def _unload_now(self, model_ids: list[str], reason: str) -> None:
+    async def _unload_now(self, model_ids: list[str], reason: str,
+                          cut: Callable[[list[str]], object] | None = None) -> None:
         """Queue an unload behind the current operation and wait until it is done."""
-        operation = _Unload(tuple(model_ids), reason, asyncio.get_running_loop().create_future())
+        operation = _Unload(tuple(model_ids), reason, asyncio.get_running_loop().create_future(),
+                            cut=cut)
         self._unloads.append(operation)
         self._wake.set()
         assert operation.future is not None
@@ -535,6 +546,8 @@ class ModelManager:
             ]
         for model_id in targets:
             self.models[model_id].draining = True
+        if operation.cut is not None and targets:  # forced: no waiting for in-flight requests
+            operation.cut(targets)
         await self._drain(targets)
         await asyncio.gather(*(self._stop(m, operation.reason) for m in targets))
         if operation.future and not operation.future.done():

@@ -2,6 +2,7 @@
 
 from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, error_payload, sse_error_event
 from llamaswap_docker.proxy.forward import ClientGone, forward, read_body
+from llamaswap_docker.proxy.inflight import InFlight, InFlightRequests
 from llamaswap_docker.proxy.routing import (
     ModelRequest,
     multipart_field,
@@ -21,6 +22,8 @@ __all__ = [
     "ClientGone",
     "Dialect",
     "HOP_BY_HOP",
+    "InFlight",
+    "InFlightRequests",
     "ModelRequest",
     "UpstreamClient",
     "UpstreamError",

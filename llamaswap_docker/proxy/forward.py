@@ -27,9 +27,15 @@ from loguru import logger
 from starlette.types import Message, Receive, Scope, Send
 
 from llamaswap_docker.config import Config
-from llamaswap_docker.errors import LlamaswapError, RequestTooLarge, UpstreamUnavailable
+from llamaswap_docker.errors import (
+    LlamaswapError,
+    ModelStopped,
+    RequestTooLarge,
+    UpstreamUnavailable,
+)
 from llamaswap_docker.lifecycle import Lease, ModelManager, ModelState
 from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, sse_error_event
+from llamaswap_docker.proxy.inflight import InFlight, InFlightRequests
 from llamaswap_docker.proxy.routing import (
     ModelRequest,
     parse_model_request,
@@ -165,7 +171,8 @@ class _Routes:
     """What the hop reads of a config on every request, as plain attributes (pydantic
     properties and private attributes cost microseconds each)."""
 
-    __slots__ = ("config", "largest_body", "limits", "rewrites", "drop")
+    __slots__ = ("config", "largest_body", "limits", "rewrites", "drop", "stall_timeout",
+                 "stall_timeouts")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -176,6 +183,9 @@ class _Routes:
                          for m, model in config.models.items()}
         # Keys meant for the proxy never reach a model server.
         self.drop = PROXY_AUTH_HEADERS if config.api_keys else ()
+        self.stall_timeout = float(config.stall_timeout_default)
+        self.stall_timeouts = {m: float(model.stall_timeout) for m, model in config.models.items()
+                               if model.stall_timeout is not None}
 
 
 _routes: _Routes | None = None
@@ -275,7 +285,8 @@ def _admitted(waiting: asyncio.Future[Lease] | None) -> Lease | None:
 
 
 async def forward(
-    manager: ModelManager, upstream: UpstreamClient, scope: Scope, receive: Receive, send: Send
+    manager: ModelManager, upstream: UpstreamClient, inflight: InFlightRequests, scope: Scope,
+    receive: Receive, send: Send,
 ) -> None:
     """Serve one inference request (``POST /v1/...`` or ``/upstream/<model>/...``).
 
@@ -290,6 +301,7 @@ async def forward(
     watch: _ClientWatch | None = None
     response: UpstreamResponse | None = None
     progress: _Progress | None = None
+    entry: InFlight | None = None
     model_id = "-"
     routes = _routes_for(manager.config)
     try:
@@ -309,6 +321,9 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
+        client = scope.get("client")
+        entry = inflight.add(model_id, path, f"{client[0]}:{client[1]}" if client else "-")
+        entry.responded = progress is not None
         if lease.upstream_key:  # the container's own key replaces whatever the client sent
             headers = request_headers(scope["headers"], PROXY_AUTH_HEADERS)
             headers.append((b"authorization", b"Bearer " + lease.upstream_key.encode()))
@@ -323,17 +338,34 @@ async def forward(
                 raise UpstreamUnavailable(message) from None
             await _end_stream(send, dialect, 502, message, "upstream_unavailable")
             return
-        await _relay(manager, lease, response, progress, dialect, send, watch)
+        await _relay(manager, lease, response, progress, dialect, send, watch, entry,
+                     routes.stall_timeouts.get(model_id, routes.stall_timeout))
     except asyncio.CancelledError:
-        if watch is None or not watch.gone:
+        cut = entry.cut if entry is not None else None
+        if (watch is None or not watch.gone) and cut is None:
             raise
         if asyncio.current_task().uncancel() > 0:  # type: ignore[union-attr]
             raise  # cancelled from outside too (shutdown): not ours to swallow
-        logger.bind(model=model_id, path=path).info(
-            "client disconnected; upstream request cancelled")
+        if cut is None:
+            logger.bind(model=model_id, path=path).info(
+                "client disconnected; upstream request cancelled")
+        else:
+            assert entry is not None
+            logger.bind(model=model_id, path=path, request=entry.id).warning(
+                "request cut: {}", cut)
+            message = f"model {model_id!r}: request cut: {cut}"
+            if not entry.responded:
+                raise ModelStopped(message) from None
+            if progress is not None or (response is not None and response.is_event_stream):
+                if watch is not None:
+                    watch.stop()
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": sse_error_event(dialect, 502, message, "model_stopped")})
     except ClientGone:
         logger.bind(model=model_id, path=path).info("client disconnected mid-body")
     finally:
+        if entry is not None:
+            inflight.remove(entry)
         if watch is not None:
             watch.stop()
         if waiting is not None and not waiting.done():
@@ -347,9 +379,13 @@ async def forward(
 
 async def _relay(
     manager: ModelManager, lease: Lease, response: UpstreamResponse, progress: _Progress | None,
-    dialect: Dialect, send: Send, watch: _ClientWatch,
+    dialect: Dialect, send: Send, watch: _ClientWatch, entry: InFlight, stall_timeout: float,
 ) -> None:
-    """Relay the upstream answer to the client, chunk by chunk as it arrives."""
+    """Relay the upstream answer to the client, chunk by chunk as it arrives.
+
+    A client that accepts no bytes for ``stall_timeout`` seconds is cut: one stalled reader
+    must not hold its model (and every swap waiting on it) forever.
+    """
     if progress is not None:
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
         if response.status != 200:
@@ -371,13 +407,25 @@ async def _relay(
                     await _failure(manager, lease, exc, "stopped answering mid-response")
                 ) from None
             watch.stop()
+            entry.responded = True
             await send(start)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            entry.bytes = len(body)
+            async with asyncio.timeout(stall_timeout):
+                await send({"type": "http.response.body", "body": body, "more_body": False})
             return
+        entry.responded = True
         await send(start)
     try:
         async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            entry.bytes += len(chunk)
+            try:
+                async with asyncio.timeout(stall_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                logger.bind(model=lease.model_id, request=entry.id).warning(
+                    "client accepted no bytes for {}s (stallTimeout): response cut",
+                    stall_timeout)
+                return
     except UpstreamError as exc:
         message = await _failure(manager, lease, exc, "stopped answering mid-response")
         if progress is not None or response.is_event_stream:
