@@ -68,6 +68,7 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
             try:
                 await manager.shutdown(keep_containers=config.docker.on_shutdown == "keep")
             finally:
+                await proxy.running.llamaswap.inflight.close()
                 await upstream.close()
                 await http.aclose()
 

@@ -321,8 +321,8 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
-        client = scope.get("client")
-        entry = inflight.add(model_id, path, f"{client[0]}:{client[1]}" if client else "-")
+        entry = inflight.add(model_id, path, scope.get("client"),
+                             routes.stall_timeouts.get(model_id, routes.stall_timeout))
         entry.responded = progress is not None
         if lease.upstream_key:  # the container's own key replaces whatever the client sent
             headers = request_headers(scope["headers"], PROXY_AUTH_HEADERS)
@@ -338,8 +338,7 @@ async def forward(
                 raise UpstreamUnavailable(message) from None
             await _end_stream(send, dialect, 502, message, "upstream_unavailable")
             return
-        await _relay(manager, lease, response, progress, dialect, send, watch, entry,
-                     routes.stall_timeouts.get(model_id, routes.stall_timeout))
+        await _relay(manager, lease, response, progress, dialect, send, watch, entry)
     except asyncio.CancelledError:
         cut = entry.cut if entry is not None else None
         if (watch is None or not watch.gone) and cut is None:
@@ -356,6 +355,8 @@ async def forward(
             message = f"model {model_id!r}: request cut: {cut}"
             if not entry.responded:
                 raise ModelStopped(message) from None
+            if entry.stalled:
+                return  # nothing more can reach this client; the server closes the connection
             if progress is not None or (response is not None and response.is_event_stream):
                 if watch is not None:
                     watch.stop()
@@ -379,12 +380,13 @@ async def forward(
 
 async def _relay(
     manager: ModelManager, lease: Lease, response: UpstreamResponse, progress: _Progress | None,
-    dialect: Dialect, send: Send, watch: _ClientWatch, entry: InFlight, stall_timeout: float,
+    dialect: Dialect, send: Send, watch: _ClientWatch, entry: InFlight,
 ) -> None:
     """Relay the upstream answer to the client, chunk by chunk as it arrives.
 
-    A client that accepts no bytes for ``stall_timeout`` seconds is cut: one stalled reader
-    must not hold its model (and every swap waiting on it) forever.
+    Each write to the client is marked in ``entry.writing_since``: the in-flight watchdog cuts
+    a client that accepts no bytes for its ``stallTimeout``, so one stalled reader cannot hold
+    its model (and every swap waiting on it) forever.
     """
     if progress is not None:
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
@@ -410,22 +412,17 @@ async def _relay(
             entry.responded = True
             await send(start)
             entry.bytes = len(body)
-            async with asyncio.timeout(stall_timeout):
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+            entry.writing_since = time.monotonic()
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         entry.responded = True
         await send(start)
     try:
         async for chunk in response.chunks():
             entry.bytes += len(chunk)
-            try:
-                async with asyncio.timeout(stall_timeout):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except TimeoutError:
-                logger.bind(model=lease.model_id, request=entry.id).warning(
-                    "client accepted no bytes for {}s (stallTimeout): response cut",
-                    stall_timeout)
-                return
+            entry.writing_since = time.monotonic()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            entry.writing_since = None
     except UpstreamError as exc:
         message = await _failure(manager, lease, exc, "stopped answering mid-response")
         if progress is not None or response.is_event_stream:

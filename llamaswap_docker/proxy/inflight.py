@@ -3,39 +3,56 @@
 Each hop registers itself once admitted and leaves in its ``finally``. Cutting one (``cut``)
 records why and cancels its task: the hop's one cleanup path releases the lease and closes the
 upstream connection, and the client gets an error in its dialect (in-band on a stream).
+
+Stalled clients are found by one watchdog task, not by a timer per write: a hop marks when a
+write to its client starts and ends (two attribute stores), and the watchdog cuts any request
+whose write has been waiting longer than its ``stallTimeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InFlight", "InFlightRequests"]
+from loguru import logger
+
+__all__ = ["InFlight", "InFlightRequests", "STALL_CHECK_INTERVAL_S"]
+
+#: How often the watchdog looks for stalled clients (a cut comes at most this much late).
+STALL_CHECK_INTERVAL_S = 0.5
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class InFlight:
     """One admitted request."""
 
     id: str
     model_id: str
     path: str
-    client: str
+    client: tuple[str, int] | None
     task: asyncio.Task[Any] | None
+    #: Seconds a write to the client may wait before the request is cut.
+    stall_timeout: float
     started: float = field(default_factory=time.monotonic)
     #: Body bytes relayed to the client so far.
     bytes: int = 0
     #: The response's headers went out (an error can then only be sent in-band).
     responded: bool = False
+    #: When the write to the client now waiting began (None: not writing).
+    writing_since: float | None = None
     #: Why it was cut (unload with force, a cancel, a stalled client); None while it runs.
     cut: str | None = None
+    #: The client stalled: nothing more can be written to it.
+    stalled: bool = False
 
     def snapshot(self) -> dict[str, Any]:
-        return {"id": self.id, "model": self.model_id, "path": self.path, "client": self.client,
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        return {"id": self.id, "model": self.model_id, "path": self.path, "client": client,
                 "elapsed_s": round(time.monotonic() - self.started, 3), "bytes": self.bytes}
 
 
@@ -45,10 +62,15 @@ class InFlightRequests:
     def __init__(self) -> None:
         self._by_id: dict[str, InFlight] = {}
         self._ids = itertools.count(1)
+        self._watchdog: asyncio.Task[None] | None = None
 
-    def add(self, model_id: str, path: str, client: str) -> InFlight:
-        entry = InFlight(f"r{next(self._ids)}", model_id, path, client, asyncio.current_task())
+    def add(self, model_id: str, path: str, client: tuple[str, int] | None,
+            stall_timeout: float) -> InFlight:
+        entry = InFlight(f"r{next(self._ids)}", model_id, path, client, asyncio.current_task(),
+                         stall_timeout)
         self._by_id[entry.id] = entry
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_stalls(), name="llamaswap-stalls")
         return entry
 
     def remove(self, entry: InFlight) -> None:
@@ -72,3 +94,24 @@ class InFlightRequests:
         wanted = set(model_ids)
         victims = [e.id for e in self._by_id.values() if e.model_id in wanted]
         return sum(self.cut(request_id, reason) for request_id in victims)
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    async def _watch_stalls(self) -> None:
+        while True:
+            await asyncio.sleep(STALL_CHECK_INTERVAL_S)
+            now = time.monotonic()
+            for entry in list(self._by_id.values()):
+                since = entry.writing_since
+                if since is not None and now - since > entry.stall_timeout and entry.cut is None:
+                    entry.stalled = True
+                    logger.bind(model=entry.model_id, request=entry.id).warning(
+                        "client accepted no bytes for {:g}s (stallTimeout): response cut",
+                        entry.stall_timeout)
+                    self.cut(entry.id, f"the client accepted no bytes for "
+                                       f"{entry.stall_timeout:g}s (stallTimeout)")
