@@ -48,7 +48,6 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         containers = Containers(engine, config.docker.instance, config.docker.network, routing)
         http = new_control_client()
         upstream = UpstreamClient()
-        await upstream.open()
         manager = ModelManager(config, containers, http)
         app.state.llamaswap = proxy.running.llamaswap = AppState(
             engine=engine, manager=manager, http=http, upstream=upstream)

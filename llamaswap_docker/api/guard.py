@@ -24,6 +24,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from loguru import logger
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaswap_docker.api.errors import error_response
@@ -150,8 +151,9 @@ class HostOriginGuard:
                                "to allow it", origin=origin)
             return
         cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-        if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method"):
-            requested = _header(scope, b"access-control-request-headers") or b""
+        preflight = Headers(scope=scope) if scope.get("method") == "OPTIONS" else None
+        if preflight is not None and "access-control-request-method" in preflight:
+            requested = preflight.get("access-control-request-headers", "").encode("latin-1")
             await send({"type": "http.response.start", "status": 204, "headers": cors + [
                 (b"access-control-allow-methods", _ALLOW_METHODS),
                 (b"access-control-allow-headers", requested),
@@ -178,9 +180,3 @@ class HostOriginGuard:
         response = error_response(dialect_for_path(scope["path"]), 403, message, "forbidden")
         await response(scope, receive, send)
 
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None

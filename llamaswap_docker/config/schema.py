@@ -717,7 +717,6 @@ class Config(_Schema):
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
     _group_of: dict[str, str] = PrivateAttr(default_factory=dict)
     _default_group: GroupConfig | None = PrivateAttr(None)
-    _largest_body: int = PrivateAttr(DEFAULT_MAX_REQUEST_BODY_SIZE)
     _warnings: list[Any] = PrivateAttr(default_factory=list)
 
     @property
@@ -755,9 +754,6 @@ class Config(_Schema):
             for member in group.members:
                 if member in self.models:
                     self._group_of.setdefault(member, group_id)
-        self._largest_body = max([self.max_request_body_size_default] + [
-            m.max_request_body_size for m in self.models.values()
-            if m.max_request_body_size is not None])
         ungrouped = [m for m in self.models if m not in self._group_of]
         if ungrouped:
             self._default_group = GroupConfig(members=ungrouped)
@@ -857,7 +853,9 @@ class Config(_Schema):
         known; the model's own limit is checked once it is).
         """
         if model_id is None:
-            return self._largest_body
+            return max([self.max_request_body_size_default] + [
+                m.max_request_body_size for m in self.models.values()
+                if m.max_request_body_size is not None])
         value = self.models[self._id(model_id)].max_request_body_size
         return self.max_request_body_size_default if value is None else value
 

@@ -72,8 +72,6 @@ class Lease:
         self.model_id = runtime.model_id
         self.container = container
         self.base_url: str = container.base_url or ""
-        #: Sent as ``Authorization: Bearer`` to a server started with a key (None: none).
-        self.upstream_key = container.upstream_key
         self.released = False
 
     def release(self) -> None:
@@ -84,7 +82,7 @@ class Lease:
 
 def _key_header(container: ContainerRef) -> dict[str, str] | None:
     """The container's API key as a header, for health paths a server guards too."""
-    return {"Authorization": f"Bearer {container.upstream_key}"} if container.upstream_key else None
+    return {"Authorization": container.authorization} if container.authorization else None
 
 
 @dataclass(eq=False)

@@ -324,9 +324,10 @@ async def forward(
         entry = inflight.add(model_id, path, scope.get("client"),
                              routes.stall_timeouts.get(model_id, routes.stall_timeout))
         entry.responded = progress is not None
-        if lease.upstream_key:  # the container's own key replaces whatever the client sent
+        authorization = lease.container.authorization
+        if authorization:  # the container's own key replaces whatever the client sent
             headers = request_headers(scope["headers"], PROXY_AUTH_HEADERS)
-            headers.append((b"authorization", b"Bearer " + lease.upstream_key.encode()))
+            headers.append((b"authorization", authorization.encode()))
         else:
             headers = request_headers(scope["headers"], routes.drop)
         try:
@@ -360,8 +361,7 @@ async def forward(
             if progress is not None or (response is not None and response.is_event_stream):
                 if watch is not None:
                     watch.stop()
-                await send({"type": "http.response.body", "more_body": False,
-                            "body": sse_error_event(dialect, 502, message, "model_stopped")})
+                await _stream_error(send, dialect, message)
     except ClientGone:
         logger.bind(model=model_id, path=path).info("client disconnected mid-body")
     finally:
@@ -427,8 +427,7 @@ async def _relay(
         message = await _failure(manager, lease, exc, "stopped answering mid-response")
         if progress is not None or response.is_event_stream:
             watch.stop()
-            await send({"type": "http.response.body", "more_body": False,
-                        "body": sse_error_event(dialect, 502, message, "model_stopped")})
+            await _stream_error(send, dialect, message)
         else:
             # No in-band way to say it: end without the final chunk, so the client sees a
             # broken body rather than a short one that looks complete.
@@ -446,6 +445,12 @@ async def _failure(manager: ModelManager, lease: Lease, exc: UpstreamError, what
         logger.bind(model=lease.model_id).warning("could not check the container: {}", engine_exc)
         reason = None
     return f"model {lease.model_id!r} {what}: {reason or exc}"
+
+
+async def _stream_error(send: Send, dialect: Dialect, message: str) -> None:
+    """End a stream whose model stopped serving it with an in-band error event."""
+    await send({"type": "http.response.body", "more_body": False,
+                "body": sse_error_event(dialect, 502, message, "model_stopped")})
 
 
 async def _end_stream(send: Send, dialect: Dialect, status: int, message: str, code: str) -> None:

@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loguru import logger
-
 __all__ = ["InFlight", "InFlightRequests", "STALL_CHECK_INTERVAL_S"]
 
 #: How often the watchdog looks for stalled clients (a cut comes at most this much late).
@@ -109,9 +107,6 @@ class InFlightRequests:
             for entry in list(self._by_id.values()):
                 since = entry.writing_since
                 if since is not None and now - since > entry.stall_timeout and entry.cut is None:
-                    entry.stalled = True
-                    logger.bind(model=entry.model_id, request=entry.id).warning(
-                        "client accepted no bytes for {:g}s (stallTimeout): response cut",
-                        entry.stall_timeout)
+                    entry.stalled = True  # the hop logs the cut, with this reason
                     self.cut(entry.id, f"the client accepted no bytes for "
                                        f"{entry.stall_timeout:g}s (stallTimeout)")

@@ -391,9 +391,6 @@ class UpstreamClient:
     def __init__(self) -> None:
         self._pools: dict[str, _Pool] = {}
 
-    async def open(self) -> None:
-        """Nothing to prepare; kept so the app's lifespan reads open → serve → close."""
-
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()

@@ -79,6 +79,11 @@ class ContainerRef:
     #: The API key its server was started with (read back from its environment on adoption).
     upstream_key: str | None = field(default=None, repr=False)
 
+    @property
+    def authorization(self) -> str | None:
+        """The ``Authorization`` value its server wants (None: it was started without a key)."""
+        return f"Bearer {self.upstream_key}" if self.upstream_key else None
+
     def age_s(self, now: datetime | None = None) -> float | None:
         """Seconds since creation, or None when unknown."""
         if self.created is None:
