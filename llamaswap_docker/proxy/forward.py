@@ -201,14 +201,13 @@ def _routes_for(config: Config) -> _Routes:
 async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
                   receive: Receive) -> _Target:
     """Read the body and find the model: from ``/upstream/<model>/…``, or from the body."""
-    config = routes.config
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     path: str = scope["path"]
     query: bytes = scope["query_string"]
     if path.startswith("/upstream/"):
         raw_path: bytes | None = scope.get("raw_path")
         model_id, rest = split_upstream_target(
-            config.resolve, path[len("/upstream/"):],
+            routes.config.resolve, path[len("/upstream/"):],
             raw_path.decode("latin-1")[len("/upstream/"):] if raw_path else None)
         body = await read_body(headers, receive, routes.limits.get(model_id, routes.largest_body))
         return _Target(model_id, "/" + rest + ("?" + query.decode("latin-1") if query else ""),
@@ -227,7 +226,7 @@ async def _target(manager: ModelManager, routes: _Routes, scope: Scope,
         raise RequestTooLarge(f"request body of {len(body)} bytes is larger than "
                               f"maxRequestBodySize ({_mib(limit)}) of model {model_id!r}")
     if routes.rewrites.get(model_id):
-        body = rewrite_body(request, config.models[model_id])
+        body = rewrite_body(request, routes.config.models[model_id])
     upstream_path = path + ("?" + query.decode("latin-1") if query else "")
     return _Target(model_id, upstream_path, body, request.payload)
 
