@@ -38,6 +38,8 @@ __all__ = ["router"]
 STREAM_QUEUE_LIMIT = 10_000
 #: Seconds between checks, on a quiet stream, whether the proxy is shutting down.
 SHUTDOWN_POLL_S = 0.5
+#: Seconds before following a container's output again after the engine ended the stream.
+REFOLLOW_INTERVAL_S = 1.0
 #: Headers that keep reverse proxies (nginx) from buffering a live stream.
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TEXT = "text/plain; charset=utf-8"
@@ -207,8 +209,8 @@ async def model_logs_stream(
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_logs, container.id, tail)
-    return ClosingStreamingResponse(_follow(stream, model_id, _shutting_down(request)),
-                             media_type=_TEXT, headers=_STREAM_HEADERS)
+    body = _follow(containers, container.id, stream, model_id, _shutting_down(request))
+    return ClosingStreamingResponse(body, media_type=_TEXT, headers=_STREAM_HEADERS)
 
 
 def _shutting_down(request: Request) -> Callable[[], bool]:
@@ -216,16 +218,39 @@ def _shutting_down(request: Request) -> Callable[[], bool]:
     return lambda: manager.should_exit
 
 
-async def _follow(stream: Iterator[bytes], model_id: str,
-                  stop: Callable[[], bool]) -> AsyncIterator[bytes]:
-    """Relay an engine log stream read in a daemon thread; closing it ends the thread."""
+async def _follow(containers: Any, container_id: str, stream: Iterator[bytes],
+                  model_id: str, stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    """Relay an engine log stream read in a daemon thread; closing it ends the thread.
+
+    The stream ends when the container stops. An engine may also end it while the container
+    runs on (an engine hiccup, a log file rotated under the follower): it is then followed
+    again from where it ended, so a live follower does not go silent.
+    """
     feed: _Feed[bytes] = _Feed(asyncio.get_running_loop(), stop)
+    closed = threading.Event()
+    current = stream
 
     def pump() -> None:
+        nonlocal current
         try:
-            for chunk in stream:
-                feed.push(chunk)
-        except Exception as exc:  # noqa: BLE001 - an engine hiccup ends this stream, not the proxy
+            while not closed.is_set():
+                ended_at = time.time()
+                try:
+                    for chunk in current:
+                        feed.push(chunk)
+                        ended_at = time.time()
+                except Exception as exc:  # noqa: BLE001 - an engine hiccup: decided below
+                    logger.bind(model=model_id).debug("container log stream broke: {}", exc)
+                if closed.is_set() or not _still_running(containers, container_id):
+                    return
+                # Throttled, so an engine that keeps ending the stream costs one call a second.
+                if closed.wait(REFOLLOW_INTERVAL_S):
+                    return
+                logger.bind(model=model_id).debug("container log stream ended early: following again")
+                current = containers.follow_logs(container_id, -1, since=ended_at)
+                if closed.is_set():  # closed while reopening: the closer saw the old stream
+                    _close(current, model_id)
+        except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
             logger.bind(model=model_id).debug("container log stream ended: {}", exc)
         finally:
             feed.end()
@@ -242,9 +267,19 @@ async def _follow(stream: Iterator[bytes], model_id: str,
     finally:
         # The client left (or the container stopped): shutting the socket down unblocks the
         # reader thread at once (no await here: this may run while being cancelled).
-        close = getattr(stream, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
-                logger.bind(model=model_id).debug("closing a container log stream: {}", exc)
+        closed.set()
+        _close(current, model_id)
+
+
+def _still_running(containers: Any, container_id: str) -> bool:
+    state = containers.state(container_id)
+    return state is not None and state.running
+
+
+def _close(stream: Iterator[bytes], model_id: str) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
+            logger.bind(model=model_id).debug("closing a container log stream: {}", exc)

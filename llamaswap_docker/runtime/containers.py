@@ -396,8 +396,10 @@ class Containers:
 
     # -- logs --------------------------------------------------------------------------------
 
-    def follow_logs(self, container_id: str, tail: int) -> Iterator[bytes]:
-        """Follow the container's output (stdout and stderr): ``tail`` earlier lines, then new.
+    def follow_logs(self, container_id: str, tail: int,
+                    since: float | None = None) -> Iterator[bytes]:
+        """Follow the container's output (stdout and stderr): ``tail`` earlier lines (of those
+        written since the ``since`` timestamp, when given), then new ones.
 
         Blocking: iterate it in a worker thread. It ends when the container stops; its
         ``close()`` (callable from any thread) ends it early and unblocks the reader.
@@ -408,5 +410,6 @@ class Containers:
         return self.engine.run_sync(
             f"following logs of {container_id[:12]}",
             self.engine.client.api.logs,
-            container_id, stream=True, follow=True, tail=tail,
+            container_id, stream=True, follow=True, tail="all" if tail < 0 else tail,
+            since=since,
         )
