@@ -21,6 +21,7 @@ from llamaswap_docker.config import Config, Settings, load_config, load_demo_con
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.logs import configure_logging, intercept_stdlib_logging
 from llamaswap_docker.runtime import Engine
+from llamaswap_docker.runtime.owner import claim_instance, release_instance
 
 __all__ = [
     "ProxyServer",
@@ -191,6 +192,17 @@ def run_server(settings: Settings) -> int:
     warn_if_exposed(settings.host, config)
     _log_config_warnings(config)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
+    # Before anything touches the instance's containers: a second proxy on it would adopt,
+    # reap and remove the first one's models.
+    owner = claim_instance(engine, config.docker.instance, f"{settings.host}:{settings.port}")
+    try:
+        return _serve(settings, config, source, engine)
+    finally:
+        release_instance(engine, config.docker.instance, owner)
+        engine.close()
+
+
+def _serve(settings: Settings, config: Config, source: str, engine: Engine) -> int:
     app = create_app(config, engine, settings.host, settings.extra_allowed_hosts)
     uv_config = uvicorn_config(app, settings.host, settings.port)
     server = ProxyServer(uv_config, settings.config, settings.watch_config)
@@ -207,7 +219,6 @@ def run_server(settings: Settings) -> int:
         server.run(sockets=[listener])
     finally:
         listener.close()
-        engine.close()
     return 0 if server.started else 1
 
 

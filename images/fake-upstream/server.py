@@ -21,6 +21,11 @@ Every flag can also be set through an environment variable (the flag wins):
   --ignore-sigterm  FAKE_IGNORE_SIGTERM=1  ignore SIGTERM/SIGINT (only SIGKILL stops it)
   --api-key         FAKE_API_KEY         require "Authorization: Bearer KEY" (like llama-server's
                                          --api-key: /health and /debug/* stay open)
+  --enable-sleep-mode                    vLLM's sleep mode: POST /sleep?level=N, POST /wake_up,
+                                         GET /is_sleeping (mode vllm, and like vLLM only with
+                                         VLLM_SERVER_DEV_MODE=1 in the environment)
+  --wake-delay      FAKE_WAKE_DELAY      seconds /wake_up takes (default 0.2)
+  --wake-fails      FAKE_WAKE_FAILS=1    /wake_up answers 500 and the server stays asleep
 """
 
 import argparse
@@ -118,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--ignore-sigterm", action="store_true",
                    default=_env_bool("FAKE_IGNORE_SIGTERM"))
     p.add_argument("--api-key", default=_env("FAKE_API_KEY", "") or None)
+    p.add_argument("--enable-sleep-mode", action="store_true")
+    p.add_argument("--wake-delay", type=float, default=_env_float("FAKE_WAKE_DELAY", 0.2))
+    p.add_argument("--wake-fails", action="store_true", default=_env_bool("FAKE_WAKE_FAILS"))
     args = p.parse_args(argv)
     if args.tokens < 0:
         p.error("--tokens must be >= 0")
@@ -131,6 +139,12 @@ def parse_args(argv=None):
 ARGS = None  # set in main()
 
 
+def sleep_mode():
+    """vLLM serves its sleep endpoints only with --enable-sleep-mode and in dev mode."""
+    return (ARGS.mode == "vllm" and ARGS.enable_sleep_mode
+            and os.environ.get("VLLM_SERVER_DEV_MODE") == "1")
+
+
 # --------------------------------------------------------------------------
 # shared state
 # --------------------------------------------------------------------------
@@ -141,6 +155,8 @@ class State:
         self.ready = False
         self.sleeping = False
         self.sleep_level = 0
+        self.sleep_calls = 0
+        self.wake_calls = 0
         self.requests = 0           # inference requests started
         self.served = 0             # inference responses fully written
         self.rejected = 0           # inference requests answered 503 (loading/sleeping)
@@ -554,6 +570,9 @@ class Handler(BaseHTTPRequestHandler):
                     "started_at": STATE.started_at,
                     "ready": STATE.ready,
                     "sleeping": STATE.sleeping,
+                    "sleep_level": STATE.sleep_level,
+                    "sleep_calls": STATE.sleep_calls,
+                    "wake_calls": STATE.wake_calls,
                     "mode": ARGS.mode,
                     "model_name": ARGS.model_name,
                     "pid": os.getpid(),
@@ -588,7 +607,7 @@ class Handler(BaseHTTPRequestHandler):
                     "llamacpp:requests_processing %d\n"
                 ) % (ptok, gtok, running)
             return self._send_bytes(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
-        if path == "/is_sleeping" and vllm:
+        if path == "/is_sleeping" and sleep_mode():
             return self._send_json(200, {"is_sleeping": STATE.sleeping})
         if path == "/props" and not vllm:
             return self._send_json(200, {
@@ -616,11 +635,10 @@ class Handler(BaseHTTPRequestHandler):
     def _handle_post(self):
         url = urlsplit(self.path)
         path = url.path
-        vllm = ARGS.mode == "vllm"
 
         if path in ("/sleep", "/wake_up"):
             self._drain()
-            if not vllm:
+            if not sleep_mode():
                 return self._send_error(404, "no route for POST %s" % path)
             if path == "/sleep":
                 q = parse_qs(url.query)
@@ -630,8 +648,15 @@ class Handler(BaseHTTPRequestHandler):
                     level = 1
                 with STATE.lock:
                     STATE.sleeping, STATE.sleep_level = True, level
+                    STATE.sleep_calls += 1
                 log("sleeping (level %d)" % level)
             else:
+                with STATE.lock:
+                    STATE.wake_calls += 1
+                if ARGS.wake_fails:
+                    log("wake up failed (--wake-fails)")
+                    return self._send_error(500, "wake up failed", "internal_error")
+                time.sleep(ARGS.wake_delay)
                 with STATE.lock:
                     STATE.sleeping, STATE.sleep_level = False, 0
                 log("woke up")

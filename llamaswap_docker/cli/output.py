@@ -11,7 +11,7 @@ from rich.text import Text
 __all__ = ["stdout", "stderr", "print_error", "print_json", "human_duration", "STATE_STYLES"]
 
 #: Colours of model states in tables.
-STATE_STYLES = {"ready": "green", "starting": "yellow", "stopping": "yellow", "failed": "red",
+STATE_STYLES = {"ready": "green", "starting": "yellow", "stopping": "yellow", "asleep": "cyan", "failed": "red",
                 "stopped": "dim"}
 
 

@@ -448,6 +448,10 @@ class ModelConfig(_Schema):
     upstream_key_env: str | None = Field(None, pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
     send_loading_state: bool | None = None  # None: the global sendLoadingState
     stop_timeout: int | None = Field(None, ge=0)  # None: docker.stopTimeout
+    # vLLM sleep mode: evicting the model puts it to sleep (level 1: weights to CPU RAM, level
+    # 2: weights dropped) instead of stopping its container; the next request wakes it.
+    sleep_mode: Literal[0, 1, 2] = 0
+    sleep_ttl: int = Field(0, ge=0, alias="sleepTTL")  # seconds it may stay asleep; 0: no limit
     filters: ModelFilters = ModelFilters()
     macros: Macros = {}
     docker: ContainerOptions = ContainerOptions()
@@ -458,6 +462,14 @@ class ModelConfig(_Schema):
         platform = info.data.get("platform")
         if value != "mesa" and platform is not None and platform != "vulkan":
             raise ValueError(f"vulkanDriver applies to platform 'vulkan' only, not {platform!r}")
+        return value
+
+    @field_validator("sleep_mode")
+    @classmethod
+    def _sleep_needs_the_endpoints(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("backend") == "llama.cpp":
+            raise ValueError("llama-server has no /sleep and /wake_up: sleepMode applies to "
+                             "backend vllm, or custom servers that speak vLLM's endpoints")
         return value
 
     @field_validator("gpus", mode="before")
@@ -525,6 +537,13 @@ class ModelConfig(_Schema):
         if "check_endpoint" not in written:
             filled["check_endpoint"] = preset.check_endpoint
         filled["env"] = {**preset.environment(filled.get("port", self.port)), **self.env}
+        if self.backend == "vllm" and self.sleep_mode:
+            # https://docs.vllm.ai/en/latest/features/sleep_mode/ : the server needs
+            # --enable-sleep-mode, and serves /sleep, /wake_up and /is_sleeping only in
+            # development mode (VLLM_SERVER_DEV_MODE=1).
+            filled["env"].setdefault("VLLM_SERVER_DEV_MODE", "1")
+            if "--enable-sleep-mode" not in self.cmd:
+                filled["cmd"] = [*self.cmd, "--enable-sleep-mode"]
         targets = {VolumeMount.parse(spec).target for spec in self.volumes}
         extra = [spec for spec in preset.volumes if VolumeMount.parse(spec).target not in targets]
         filled["volumes"] = [*extra, *self.volumes]
@@ -858,6 +877,14 @@ class Config(_Schema):
                 if m.max_request_body_size is not None])
         value = self.models[self._id(model_id)].max_request_body_size
         return self.max_request_body_size_default if value is None else value
+
+    def sleep_mode(self, model_id: str) -> int:
+        """The model's vLLM sleep level when evicted (0: it is stopped instead)."""
+        return self.models[self._id(model_id)].sleep_mode
+
+    def sleep_ttl(self, model_id: str) -> int:
+        """Seconds an asleep model may stay asleep before its container stops; 0: no limit."""
+        return self.models[self._id(model_id)].sleep_ttl
 
     def stop_timeout(self, model_id: str) -> int:
         """Seconds the engine waits after SIGTERM before it kills the container."""

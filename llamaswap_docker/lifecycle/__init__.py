@@ -1,7 +1,8 @@
-"""Model lifecycle: per-model state, health waits, swap decisions, the manager."""
+"""Model lifecycle: per-model state, the pure scheduler, the container driver, the orchestrator."""
 
-from llamaswap_docker.lifecycle.manager import Lease, ModelManager
-from llamaswap_docker.lifecycle.model import ModelRuntime, ModelState, ModelStatus
-from llamaswap_docker.lifecycle.scheduler import models_to_evict
+from llamaswap_docker.lifecycle.manager import ModelManager
+from llamaswap_docker.lifecycle.model import Lease, ModelRuntime, ModelState, ModelStatus
+from llamaswap_docker.lifecycle.scheduler import Scheduler, models_to_evict
 
-__all__ = ["Lease", "ModelManager", "ModelRuntime", "ModelState", "ModelStatus", "models_to_evict"]
+__all__ = ["Lease", "ModelManager", "ModelRuntime", "ModelState", "ModelStatus", "Scheduler",
+           "models_to_evict"]

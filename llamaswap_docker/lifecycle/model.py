@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llamaswap_docker.runtime import ContainerRef
 
-__all__ = ["ModelState", "ModelRuntime", "ModelStatus"]
+__all__ = ["Lease", "ModelState", "ModelRuntime", "ModelStatus"]
 
 
 class ModelState(str, enum.Enum):
-    """stopped → starting → ready → stopping → stopped; failed keeps the reason."""
+    """stopped → starting → ready → stopping → stopped; failed keeps the reason.
+
+    With ``sleepMode`` an evicted model goes ready → stopping → asleep (its container runs
+    on, holding no GPU memory) and a request wakes it: asleep → starting → ready.
+    """
 
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"
     STOPPING = "stopping"
+    ASLEEP = "asleep"
     FAILED = "failed"
 
 
@@ -33,7 +39,27 @@ class ModelRuntime:
     draining: bool = False
     last_used: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
+    asleep_since: float | None = None
     failure: str | None = None
+
+
+class Lease:
+    """A request's hold on a ready model; ``release()`` when the response is finished."""
+
+    def __init__(self, release: Callable[[str], None], model_id: str,
+                 container: ContainerRef) -> None:
+        # The container is fixed at admission: if it dies later, this lease still names the one
+        # the request was admitted to (and its death reason).
+        self._release = release
+        self.model_id = model_id
+        self.container = container
+        self.base_url: str = container.base_url or ""
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._release(self.model_id)
 
 
 @dataclass(frozen=True)
@@ -52,3 +78,21 @@ class ModelStatus:
     ttl_s: int
     ttl_left_s: float | None
     failure: str | None
+
+    @classmethod
+    def of(cls, runtime: ModelRuntime, image: str, ttl: int, waiting: int,
+           now: float) -> "ModelStatus":
+        ttl_left = None
+        if ttl > 0 and runtime.state is ModelState.READY:
+            idle = 0.0 if runtime.in_flight else now - runtime.last_used
+            ttl_left = max(0.0, ttl - idle)
+        container = runtime.container
+        return cls(
+            model_id=runtime.model_id, state=runtime.state,
+            container_id=container.id if container else None,
+            container_name=container.name if container else None,
+            image=image, base_url=container.base_url if container else None,
+            in_flight=runtime.in_flight, waiting=waiting,
+            uptime_s=(now - runtime.ready_since) if runtime.ready_since and container else None,
+            ttl_s=ttl, ttl_left_s=ttl_left, failure=runtime.failure,
+        )

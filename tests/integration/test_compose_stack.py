@@ -203,7 +203,7 @@ def test_compose_up_as_written_serves_the_demo_and_down_leaves_nothing(
         # The answer came from a sibling container the proxy started on the stack's network.
         [model] = docker_client.containers.list(
             filters={"label": ["io.llamaswap.instance=compose-demo", "io.llamaswap.model=tiny-llama"]})
-        assert "llamaswap" in model.attrs["NetworkSettings"]["Networks"]
+        assert "llamaswap-compose" in model.attrs["NetworkSettings"]["Networks"]
         [proxy] = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
         assert proxy.attrs["State"]["Health"]["Status"] in ("starting", "healthy")
         top = proxy.top(ps_args="-o pid,uid,args")
@@ -220,7 +220,7 @@ def test_compose_up_as_written_serves_the_demo_and_down_leaves_nothing(
         all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
     assert docker_client.containers.list(
         all=True, filters={"label": "io.llamaswap.instance=compose-demo"}) == []
-    assert docker_client.networks.list(names=["llamaswap"]) == []
+    assert docker_client.networks.list(names=["llamaswap-compose"]) == []
     assert docker_client.volumes.list(
         filters={"label": f"com.docker.compose.project={project}"}) == []
 

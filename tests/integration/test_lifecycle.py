@@ -240,3 +240,29 @@ def test_a_network_removed_under_the_proxy_is_created_again_on_the_next_start(
     [back] = docker_client.networks.list(names=[network])
     back.reload()
     assert back.attrs["Labels"]["io.llamaswap.instance"] == instance_name  # ours: reaped later
+
+
+SLOW_LOAD_S = 8
+
+
+def test_a_quick_model_in_another_group_starts_while_a_slow_one_loads(start_proxy) -> None:
+    # Two non-exclusive groups: neither start evicts the other, so quick must not queue
+    # behind slow's load (it used to: one operation at a time, quick answered after slow).
+    proxy = start_proxy(
+        {"slow": fake_model("--load-delay", str(SLOW_LOAD_S), "--model-name", "slow"),
+         "quick": fake_model("--model-name", "quick")},
+        groups={"g_slow": {"swap": True, "exclusive": False, "members": ["slow"]},
+                "g_quick": {"swap": True, "exclusive": False, "members": ["quick"]}},
+    )
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, proxy.url, "slow")
+        time.sleep(1)
+        started = time.monotonic()
+        quick = chat(proxy.url, "quick")
+        quick_s = time.monotonic() - started
+        assert quick.status_code == 200, quick.text
+        assert not slow.done(), "slow answered before quick: the loads were not side by side"
+        assert quick_s < 3, f"quick took {quick_s:.1f}s while slow loaded"
+        print(f"\nquick answered in {quick_s:.2f}s while slow ({SLOW_LOAD_S}s load) loaded")
+        assert slow.result().status_code == 200
+    assert set(running_ids(proxy.url)) == {"slow", "quick"}

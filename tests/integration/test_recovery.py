@@ -201,7 +201,7 @@ def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, 
     proxy = start_proxy({"fake": fake_model()})
     assert chat(proxy.url, "fake").status_code == 200
     [container_id] = ready_ids(proxy.url).values()
-    watcher = proxy.manager._events
+    watcher = proxy.manager.deaths.events
     assert watcher.connected.wait(5)
 
     watcher.interrupt()  # the stream drops, as when the engine restarts
@@ -226,3 +226,37 @@ def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, 
     while time.monotonic() < deadline and ready_ids(proxy.url):
         time.sleep(0.05)
     assert ready_ids(proxy.url) == {}
+
+
+def test_a_second_proxy_on_a_live_instance_exits_naming_the_owner_and_touches_nothing(
+    proxy_processes, docker_client, instance_name, tmp_path
+) -> None:
+    import subprocess
+    import sys
+
+    config = pair()
+    first = proxy_processes(config["models"], groups=config["groups"])
+    assert chat(first.url, "a").status_code == 200
+    before = ready_ids(first.url)
+
+    # The same instance, another port: what a user's own `serve` next to the demo used to do.
+    second = subprocess.run(
+        [sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(first.config_path),
+         "-l", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode != 0
+    message = second.stderr.strip().splitlines()[-1]
+    assert f"docker.instance {instance_name!r} is owned by" in message, second.stderr
+    assert f"127.0.0.1:{first.port}" in message and f"pid {first.process.pid}" in message
+    assert "Traceback" not in second.stderr
+
+    # The first proxy's model is untouched: same container, still served.
+    assert ready_ids(first.url) == before
+    assert chat(first.url, "a").headers["x-fake-hostname"] == before["a"][:12]
+
+    # Once the owner stops gracefully the instance is free again.
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    third = proxy_processes()
+    assert chat(third.url, "a").status_code == 200
