@@ -36,7 +36,7 @@ class RunningModel(BaseModel):
     """One model with a container (llama-swap's fields first, ours added)."""
 
     model: str = Field(description="model id")
-    state: str = Field(description="stopped, starting, ready, stopping or failed")
+    state: str = Field(description="stopped, starting, ready, stopping, asleep or failed")
     name: str = ""
     description: str = ""
     ttl: int = Field(description="seconds idle before unloading; 0: never")
@@ -96,13 +96,7 @@ def _cutter(state: AppState, reason: str) -> Callable[[list[str]], int]:
 
 def _running_model(request: Request, status: ModelStatus) -> RunningModel:
     model = app_state(request).config.models[status.model_id]
-    return RunningModel(
-        model=status.model_id, state=status.state.value, name=model.name,
-        description=model.description, ttl=status.ttl_s, ttl_left_s=status.ttl_left_s,
-        container_id=status.container_id, container_name=status.container_name,
-        image=status.image, base_url=status.base_url, in_flight=status.in_flight,
-        waiting=status.waiting, uptime_s=status.uptime_s, failure=status.failure,
-    )
+    return RunningModel.model_validate(status.to_json(model))
 
 
 @router.head("/health", include_in_schema=False)  # probes that only look at the status

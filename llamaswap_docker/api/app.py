@@ -15,17 +15,33 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from llamaswap_docker import __version__
-from llamaswap_docker.api import admin, inference, logs
+from llamaswap_docker.api import admin, inference, logs, observe
 from llamaswap_docker.api.errors import error_response, llamaswap_error_response
 from llamaswap_docker.api.inference import ProxyApp
 from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
-from llamaswap_docker.lifecycle import ModelManager
-from llamaswap_docker.proxy import UpstreamClient, dialect_for_path
+from llamaswap_docker.lifecycle import ModelManager, ModelState
+from llamaswap_docker.observe import (
+    ActivityLog,
+    CaptureBuffer,
+    EventBus,
+    Metrics,
+    Recorder,
+    StateReading,
+)
+from llamaswap_docker.proxy import InFlightRequests, UpstreamClient, dialect_for_path
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 
 __all__ = ["create_app", "new_control_client"]
+
+
+def _gauges(manager: ModelManager) -> StateReading:
+    """What ``/metrics``' gauges read, at scrape time."""
+    statuses = manager.status()
+    return StateReading(states={s.model_id: s.state.value for s in statuses},
+                        in_flight={s.model_id: s.in_flight for s in statuses},
+                        waiting={s.model_id: s.waiting for s in statuses})
 
 
 def new_control_client() -> httpx.AsyncClient:
@@ -48,12 +64,19 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         containers = Containers(engine, config.docker.instance, config.docker.network, routing)
         http = new_control_client()
         upstream = UpstreamClient()
-        manager = ModelManager(config, containers, http)
+        events = EventBus()
+        manager = ModelManager(config, containers, http, events)
+        inflight = InFlightRequests(events)
+        manager.metrics = metrics = Metrics(lambda: _gauges(manager), [s.value for s in ModelState])
+        activity = ActivityLog(config.metrics_max_in_memory, config.store.path)
+        recorder = Recorder(activity, metrics, events, CaptureBuffer(config.capture_buffer << 20))
         app.state.llamaswap = proxy.running.llamaswap = AppState(
-            engine=engine, manager=manager, http=http, upstream=upstream)
+            engine=engine, manager=manager, http=http, upstream=upstream, events=events,
+            inflight=inflight, recorder=recorder)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
         try:
+            await asyncio.to_thread(activity.open)
             # Inside the try: a failed startup still stops what it started or adopted.
             await manager.startup()
             # What is alive now (modules, config, clients) lives as long as the proxy: keep it
@@ -67,9 +90,10 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
             try:
                 await manager.shutdown(keep_containers=config.docker.on_shutdown == "keep")
             finally:
-                await proxy.running.llamaswap.inflight.close()
+                await inflight.close()
                 await upstream.close()
                 await http.aclose()
+                await asyncio.to_thread(activity.close)
 
     app = FastAPI(
         title="llamaswap-docker",
@@ -81,6 +105,7 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
     app.include_router(admin.router)
     app.include_router(inference.router)
     app.include_router(logs.router)
+    app.include_router(observe.router)
 
     @app.exception_handler(LlamaswapError)
     async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:

@@ -97,7 +97,8 @@ class ProxyApp:
         state = self.running.llamaswap
         path: str = scope["path"]
         try:
-            await forward(state.manager, state.upstream, state.inflight, scope, receive, send)
+            await forward(state.manager, state.upstream, state.inflight, state.recorder, scope,
+                          receive, send)
         except LlamaswapError as exc:
             # Raised before anything was sent (the hop reports later failures in-band).
             logger.bind(path=path, status=exc.status_code).warning(

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from llamaswap_docker.config import Config
 from llamaswap_docker.lifecycle import ModelManager
+from llamaswap_docker.observe import EventBus, Recorder
 from llamaswap_docker.proxy import InFlightRequests, UpstreamClient
 from llamaswap_docker.runtime import Engine
 
@@ -26,8 +27,12 @@ class AppState:
     http: httpx.AsyncClient
     #: Data plane: every inference request (``proxy.upstream``).
     upstream: UpstreamClient
+    #: Live events (``GET /api/events``), shared by the manager and the in-flight registry.
+    events: EventBus
     #: The requests holding a lease now (``GET /api/inflight``, forced unloads).
-    inflight: InFlightRequests = field(default_factory=InFlightRequests)
+    inflight: InFlightRequests
+    #: Activity rows, Prometheus counters and captures, fed by the hop.
+    recorder: Recorder
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -699,14 +699,19 @@ class DockerSettings(_Schema):
         return network
 
 
+class StoreConfig(_Schema):
+    """Where activity rows are kept beyond memory (optional)."""
+
+    # A SQLite file that keeps every activity row across restarts; None: memory only.
+    path: str | None = Field(None, min_length=1)
+
+
 class Config(_Schema):
     """The whole config file."""
 
     unsupported_keys: ClassVar[dict[str, str]] = {
         "startPort": "ports are not allocated: each model's server listens on its own "
         "container `port`",
-        "metricsMaxInMemory": "llamaswap-docker keeps no metrics history; remove the key",
-        "captureBuffer": "llamaswap-docker keeps no request captures; remove the key",
         "logToStdout": "the proxy logs to stderr and GET /logs; model output is read from "
         "the engine (GET /logs/stream/<model>); remove the key",
         "logTimeFormat": "log lines use one fixed, greppable time format; remove the key",
@@ -727,6 +732,11 @@ class Config(_Schema):
     # Host header values served besides the loopback names (set: the Host check is on).
     allowed_hosts: list[str] = []
     cors: CorsConfig = CorsConfig()
+    # Activity rows kept in memory (GET /api/metrics/activity, the UI's Activity tab).
+    metrics_max_in_memory: int = Field(1000, ge=0, alias="metricsMaxInMemory")
+    # MB of recent request/response bodies kept for GET /api/captures/<id>; 0: none kept.
+    capture_buffer: int = Field(0, ge=0, alias="captureBuffer")
+    store: StoreConfig = StoreConfig()
     macros: Macros = {}
     models: dict[ModelId, ModelConfig] = Field(min_length=1)
     groups: dict[GroupId, GroupConfig] = {}

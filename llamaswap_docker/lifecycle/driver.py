@@ -21,7 +21,14 @@ from loguru import logger
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import EngineError, LlamaswapError, ModelStartFailed
 from llamaswap_docker.lifecycle.health import HealthOutcome, wait_until_healthy
-from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec, ContainerState, ensure_image
+from llamaswap_docker.runtime import (
+    ContainerRef,
+    Containers,
+    ContainerSpec,
+    ContainerState,
+    PullProgress,
+    ensure_image,
+)
 
 __all__ = ["ENGINE_CALL_TIMEOUT_S", "ContainerDriver", "LastOutput"]
 
@@ -70,7 +77,8 @@ class ContainerDriver:
             raise EngineError(f"{what}: the Docker engine did not answer within {timeout:.0f}s") from None
 
     async def start(self, model_id: str, config: Config, abandon: Callable[[], bool],
-                    on_created: Callable[[ContainerRef], None]) -> ContainerRef | None:
+                    on_created: Callable[[ContainerRef], None],
+                    on_pull: Callable[[PullProgress], None] | None = None) -> ContainerRef | None:
         """Bring the model's container up and wait until it is healthy.
 
         Returns:
@@ -81,7 +89,7 @@ class ContainerDriver:
                 if any, is removed first).
         """
         try:
-            return await self._start(model_id, config, abandon, on_created)
+            return await self._start(model_id, config, abandon, on_created, on_pull)
         except ModelStartFailed:
             raise
         except LlamaswapError as exc:
@@ -92,7 +100,8 @@ class ContainerDriver:
                 f"model {model_id!r} failed to start: {type(exc).__name__}: {exc}") from exc
 
     async def _start(self, model_id: str, config: Config, abandon: Callable[[], bool],
-                     on_created: Callable[[ContainerRef], None]) -> ContainerRef | None:
+                     on_created: Callable[[ContainerRef], None],
+                     on_pull: Callable[[PullProgress], None] | None) -> ContainerRef | None:
         model = config.models[model_id]
         # A new API key for each start: only the proxy can use the model's server.
         spec = ContainerSpec.from_model(model_id, model).with_new_key()
@@ -101,7 +110,7 @@ class ContainerDriver:
             engine = self.containers.engine
             what = f"preparing image for {model_id}"
             await self.call(what, engine.run_sync, what, ensure_image, engine, spec.image,
-                            config.docker.pull_policy, timeout=IMAGE_TIMEOUT_S)
+                            config.docker.pull_policy, on_pull, timeout=IMAGE_TIMEOUT_S)
             creating = asyncio.ensure_future(self.call(f"creating {model_id}", self.containers.create, spec))
             try:
                 created = await asyncio.shield(creating)

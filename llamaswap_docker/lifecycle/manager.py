@@ -21,6 +21,10 @@ from loguru import logger
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import (
     ConcurrencyLimitExceeded,
+    EngineError,
+    EngineUnreachable,
+    ImageNotFound,
+    ImagePullFailed,
     LlamaswapError,
     ModelNotFound,
     ModelStopped,
@@ -31,7 +35,8 @@ from llamaswap_docker.lifecycle.model import Lease, ModelRuntime, ModelState, Mo
 from llamaswap_docker.lifecycle.scheduler import (
     Admit, Cut, Decision, Fail, Finished, Note, Remove, Scheduler, Sleep, Start, Stop, Wake,
 )
-from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec
+from llamaswap_docker.observe import EventBus, Metrics
+from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec, PullProgress
 
 __all__ = ["LastOutput", "Lease", "ModelManager"]
 
@@ -42,8 +47,14 @@ TTL_CHECK_INTERVAL_S = 0.5
 class ModelManager:
     """Starts, swaps and stops the configured models' containers."""
 
-    def __init__(self, config: Config, containers: Containers, http: httpx.AsyncClient) -> None:
+    def __init__(self, config: Config, containers: Containers, http: httpx.AsyncClient,
+                 events: EventBus | None = None) -> None:
         self.config = config
+        #: Live events (``GET /api/events``): model states, swaps, pulls.
+        self.events = events or EventBus()
+        #: Set by the app once it exists: load times and failures for ``/metrics``.
+        self.metrics: Metrics | None = None
+        self._published: tuple[tuple[str, str, str | None], ...] = ()
         self.containers = containers
         self.http = http
         self.driver = ContainerDriver(containers, http)
@@ -282,13 +293,13 @@ class ModelManager:
                 self._answer(decision.operation,
                              LlamaswapError(decision.error) if decision.error else None)
             elif isinstance(decision, Start):
-                self._spawn(self._start(decision.model_id))
+                self._spawn(self._start(decision))
             elif isinstance(decision, Stop):
                 self._spawn(self._stop(decision))
             elif isinstance(decision, Sleep):
                 self._spawn(self._sleep(decision))
             elif isinstance(decision, Wake):
-                self._spawn(self._wake(decision.model_id))
+                self._spawn(self._wake(decision))
             elif isinstance(decision, Remove):
                 logger.bind(model=decision.container.model_id, container=decision.container.name
                             ).warning("container died: {}", decision.reason)
@@ -299,6 +310,17 @@ class ModelManager:
                     cut(list(decision.model_ids))
             elif isinstance(decision, Note):
                 logger.bind(**dict(decision.fields)).info(decision.message)
+        if self.events.subscribers:
+            self.publish_status()
+
+    def publish_status(self, force: bool = False) -> None:
+        """A ``modelStatus`` event, when a model's state or container changed since the last."""
+        statuses = self.status()
+        key = tuple((s.model_id, s.state.value, s.container_id) for s in statuses)
+        if force or key != self._published:
+            self._published = key
+            self.events.publish("modelStatus", {"models": [
+                s.to_json(self.config.models[s.model_id]) for s in statuses]})
 
     def _answer(self, key: int, error: LlamaswapError | None) -> None:
         future = self._futures.pop(key, None)
@@ -309,28 +331,67 @@ class ModelManager:
         else:
             future.set_exception(error)
 
-    async def _start(self, model_id: str) -> None:
+    async def _start(self, decision: Start) -> None:
+        model_id = decision.model_id
         log = logger.bind(model=model_id, image=self.config.models[model_id].image)
         log.info("model starting")
-        started = time.monotonic()
+        started = self._swap_started(decision)
         try:
             container = await self.driver.start(
                 model_id, self.config, abandon=lambda: self.scheduler.abandonable(model_id),
-                on_created=lambda ref: self.scheduler.created(model_id, ref))
+                on_created=lambda ref: self.scheduler.created(model_id, ref),
+                on_pull=self._pull_reporter(model_id))
         except asyncio.CancelledError:
             self.scheduler.start_abandoned(model_id)
             raise
         except LlamaswapError as error:
             log.bind(error=error.message.splitlines()[0]).error("model start failed")
+            self._swap_ended(model_id, started, error)
             self._apply(self.scheduler.start_failed(model_id, error))
             return
         if container is None:
             log.info("start abandoned: no request waits for the model any more")
+            self._swap_ended(model_id, started, "abandoned")
             self._apply(self.scheduler.start_abandoned(model_id))
             return
         log.bind(container=container.name,
                  seconds=f"{time.monotonic() - started:.2f}").info("model ready")
+        self._swap_ended(model_id, started, None)
         self._apply(self.scheduler.ready(model_id, container, time.monotonic()))
+
+    def _swap_started(self, decision: Start | Wake) -> float:
+        self.events.publish("swap", {"phase": "start", "model": decision.model_id,
+                                     "evicted": list(decision.evicted),
+                                     "wake": isinstance(decision, Wake)})
+        return time.monotonic()
+
+    def _swap_ended(self, model_id: str, started: float,
+                    failure: LlamaswapError | str | None) -> None:
+        seconds = time.monotonic() - started
+        if self.metrics is not None:
+            if failure is None:
+                self.metrics.load(model_id, seconds)
+            elif isinstance(failure, LlamaswapError):
+                self.metrics.load_failed(model_id, _failure_kind(failure))
+        error = failure.message if isinstance(failure, LlamaswapError) else failure
+        self.events.publish("swap", {"phase": "end", "model": model_id, "ok": failure is None,
+                                     "seconds": round(seconds, 3), "error": error})
+
+    def _pull_reporter(self, model_id: str) -> Callable[[PullProgress], None]:
+        """Pull progress (from the engine thread) as ``pull`` events, at most 4 a second."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def report(progress: PullProgress) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.25 and progress.fraction != 1.0:
+                return
+            last[0] = now
+            data = {"model": model_id, "image": progress.image, "status": progress.status,
+                    "layer": progress.layer, "fraction": progress.fraction}
+            loop.call_soon_threadsafe(self.events.publish, "pull", data)
+
+        return report
 
     async def _stop(self, decision: Stop) -> None:
         ref = self.models[decision.model_id].container
@@ -358,18 +419,21 @@ class ModelManager:
         log.bind(seconds=f"{time.monotonic() - started:.2f}").info("model asleep")
         self._apply(self.scheduler.slept(decision.model_id, time.monotonic()))
 
-    async def _wake(self, model_id: str) -> None:
+    async def _wake(self, decision: Wake) -> None:
+        model_id = decision.model_id
         ref = self.models[model_id].container
-        started = time.monotonic()
+        started = self._swap_started(decision)
         try:
             if ref is None:
                 raise LlamaswapError("the container is gone")
             await self.driver.wake(ref, self.config)
         except Exception as exc:  # noqa: BLE001 - any failure: the scheduler starts it cold
+            self._swap_ended(model_id, started, f"wake failed: {_describe(exc)}")
             self._apply(self.scheduler.wake_failed(model_id, _describe(exc)))
             return
         logger.bind(model=model_id, container=ref.name,
                     seconds=f"{time.monotonic() - started:.2f}").info("model awake")
+        self._swap_ended(model_id, started, None)
         self._apply(self.scheduler.ready(model_id, ref, time.monotonic()))
 
     async def _stop_ref(self, ref: ContainerRef, reason: str) -> None:
@@ -415,6 +479,19 @@ class ModelManager:
                 self._apply(self.scheduler.tick(time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - TTLs must keep working after any one error
                 logger.opt(exception=exc).error("ttl check failed: {}", exc)
+
+
+def _failure_kind(error: LlamaswapError) -> str:
+    """A load failure's ``reason`` label: a few kinds, never a free-form message."""
+    if isinstance(error, (ImageNotFound, ImagePullFailed)):
+        return "image"
+    if isinstance(error, (EngineError, EngineUnreachable)):
+        return "engine"
+    if "did not pass its health check" in error.message:
+        return "health_timeout"
+    if " exited with code " in error.message or "was removed" in error.message:
+        return "exited"
+    return "other"
 
 
 def _describe(exc: Exception) -> str:

@@ -6,6 +6,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llamaswap_docker.runtime import ContainerRef
 
@@ -79,6 +80,19 @@ class ModelStatus:
     ttl_left_s: float | None
     failure: str | None
 
+    def to_json(self, model: Any) -> dict[str, Any]:
+        """``/running``'s fields, plus llama-swap's model list ones (``id``, ``unlisted``,
+        ``aliases``); ``model`` is the model's config."""
+        return {
+            "id": self.model_id, "model": self.model_id, "state": self.state.value,
+            "name": model.name, "description": model.description, "unlisted": model.unlisted,
+            "aliases": list(model.aliases), "ttl": self.ttl_s,
+            "ttl_left_s": _rounded(self.ttl_left_s), "container_id": self.container_id,
+            "container_name": self.container_name, "image": self.image,
+            "base_url": self.base_url, "in_flight": self.in_flight, "waiting": self.waiting,
+            "uptime_s": _rounded(self.uptime_s), "failure": self.failure,
+        }
+
     @classmethod
     def of(cls, runtime: ModelRuntime, image: str, ttl: int, waiting: int,
            now: float) -> "ModelStatus":
@@ -96,3 +110,7 @@ class ModelStatus:
             uptime_s=(now - runtime.ready_since) if runtime.ready_since and container else None,
             ttl_s=ttl, ttl_left_s=ttl_left, failure=runtime.failure,
         )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -92,6 +92,7 @@ class Fail:
 @dataclass(frozen=True)
 class Start:
     model_id: str
+    evicted: tuple[str, ...] = ()  # what was stopped or put to sleep to make room
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Sleep:
 class Wake:
     """Wake the asleep model's server (vLLM ``/wake_up``)."""
     model_id: str
+    evicted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -555,10 +557,11 @@ class Scheduler:
                 asleep = runtime.state is ModelState.ASLEEP and runtime.container is not None
                 runtime.state, runtime.failure = ModelState.STARTING, None
                 if asleep:
-                    self._out.append(Wake(op.target))
+                    self._out.append(Wake(op.target, op.models))
                 else:
                     runtime.container = None
-                    self._out.append(Start(op.target))
+                    self._out.append(Start(op.target, tuple(m for m in op.models
+                                                            if m != op.target)))
             return True
         return False
 

@@ -34,6 +34,7 @@ from llamaswap_docker.errors import (
     UpstreamUnavailable,
 )
 from llamaswap_docker.lifecycle import Lease, ModelManager, ModelState
+from llamaswap_docker.observe import CLIENT_GONE, Recorder, Trace
 from llamaswap_docker.proxy.dialects import Dialect, dialect_for_path, sse_error_event
 from llamaswap_docker.proxy.inflight import InFlight, InFlightRequests
 from llamaswap_docker.proxy.routing import (
@@ -284,10 +285,13 @@ def _admitted(waiting: asyncio.Future[Lease] | None) -> Lease | None:
 
 
 async def forward(
-    manager: ModelManager, upstream: UpstreamClient, inflight: InFlightRequests, scope: Scope,
-    receive: Receive, send: Send,
+    manager: ModelManager, upstream: UpstreamClient, inflight: InFlightRequests,
+    recorder: Recorder, scope: Scope, receive: Receive, send: Send,
 ) -> None:
     """Serve one inference request (``POST /v1/...`` or ``/upstream/<model>/...``).
+
+    Every request that named a model ends as one activity row (``recorder``), whatever
+    ended it: the status sent, the error's status, or 499 when the client left.
 
     Raises:
         LlamaswapError: before anything was sent (bad request, unknown model, failed start,
@@ -302,10 +306,14 @@ async def forward(
     progress: _Progress | None = None
     entry: InFlight | None = None
     model_id = "-"
+    status = 0
+    trace = recorder.trace(path)
     routes = _routes_for(manager.config)
     try:
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
+        if trace.request_body is not None:  # captures are on
+            trace.request_body, trace.request_headers = target.body, scope["headers"]
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
         if lease is None:  # the model must start, or is busy swapping: wait, watched
@@ -320,6 +328,7 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
+        trace.admitted = time.monotonic()
         entry = inflight.add(model_id, path, scope.get("client"),
                              routes.stall_timeouts.get(model_id, routes.stall_timeout))
         entry.responded = progress is not None
@@ -338,9 +347,13 @@ async def forward(
                 raise UpstreamUnavailable(message) from None
             await _end_stream(send, dialect, 502, message, "upstream_unavailable")
             return
-        await _relay(manager, lease, response, progress, dialect, send, watch, entry)
+        await _relay(manager, lease, response, progress, dialect, send, watch, entry, trace)
+    except LlamaswapError as exc:
+        status = exc.status_code
+        raise
     except asyncio.CancelledError:
         cut = entry.cut if entry is not None else None
+        status = CLIENT_GONE if cut is None else 502
         if (watch is None or not watch.gone) and cut is None:
             raise
         if asyncio.current_task().uncancel() > 0:  # type: ignore[union-attr]
@@ -354,6 +367,7 @@ async def forward(
                 "request cut: {}", cut)
             message = f"model {model_id!r}: request cut: {cut}"
             if not entry.responded:
+                status = ModelStopped.status_code
                 raise ModelStopped(message) from None
             if entry.stalled:
                 return  # nothing more can reach this client; the server closes the connection
@@ -362,6 +376,7 @@ async def forward(
                     watch.stop()
                 await _stream_error(send, dialect, message)
     except ClientGone:
+        status = CLIENT_GONE
         logger.bind(model=model_id, path=path).info("client disconnected mid-body")
     finally:
         if entry is not None:
@@ -375,11 +390,20 @@ async def forward(
             response.close()
         if lease is not None:
             lease.release()
+        if model_id != "-":  # last: what it took is given back whatever recording does
+            _record(recorder, trace, model_id, status or trace.status or 500)
+
+
+def _record(recorder: Recorder, trace: Trace, model_id: str, status: int) -> None:
+    try:
+        recorder.finish(trace, model_id, status)
+    except Exception as exc:  # noqa: BLE001 - a bookkeeping bug must not fail a served request
+        logger.opt(exception=exc).bind(model=model_id).error("recording the request failed")
 
 
 async def _relay(
     manager: ModelManager, lease: Lease, response: UpstreamResponse, progress: _Progress | None,
-    dialect: Dialect, send: Send, watch: _ClientWatch, entry: InFlight,
+    dialect: Dialect, send: Send, watch: _ClientWatch, entry: InFlight, trace: Trace,
 ) -> None:
     """Relay the upstream answer to the client, chunk by chunk as it arrives.
 
@@ -387,7 +411,10 @@ async def _relay(
     a client that accepts no bytes for its ``stallTimeout``, so one stalled reader cannot hold
     its model (and every swap waiting on it) forever.
     """
+    trace.status, trace.content_type = response.status, response.content_type
+    trace.response_headers = response.raw_headers
     if progress is not None:
+        trace.status, trace.content_type = 200, "text/event-stream"
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
         if response.status != 200:
             try:
@@ -409,6 +436,7 @@ async def _relay(
                 ) from None
             watch.stop()
             entry.responded = True
+            trace.body(body)
             await send(start)
             entry.bytes = len(body)
             entry.writing_since = time.monotonic()
@@ -416,8 +444,10 @@ async def _relay(
             return
         entry.responded = True
         await send(start)
+    scan = trace.chunk
     try:
         async for chunk in response.chunks():
+            scan(chunk)
             entry.bytes += len(chunk)
             entry.writing_since = time.monotonic()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

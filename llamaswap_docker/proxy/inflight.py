@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamaswap_docker.observe import EventBus
+
 __all__ = ["InFlight", "InFlightRequests", "STALL_CHECK_INTERVAL_S"]
 
 #: How often the watchdog looks for stalled clients (a cut comes at most this much late).
@@ -57,7 +59,9 @@ class InFlight:
 class InFlightRequests:
     """The registry the hop keeps and the management API reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: EventBus | None = None) -> None:
+        #: ``inflight`` events (upsert, remove) for ``GET /api/events``.
+        self.events = events or EventBus()
         self._by_id: dict[str, InFlight] = {}
         self._ids = itertools.count(1)
         self._watchdog: asyncio.Task[None] | None = None
@@ -67,12 +71,18 @@ class InFlightRequests:
         entry = InFlight(f"r{next(self._ids)}", model_id, path, client, asyncio.current_task(),
                          stall_timeout)
         self._by_id[entry.id] = entry
+        if self.events.subscribers:
+            self.events.publish("inflight", {"op": "upsert", "request": entry.snapshot(),
+                                             "total": len(self._by_id)})
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch_stalls(), name="llamaswap-stalls")
         return entry
 
     def remove(self, entry: InFlight) -> None:
         self._by_id.pop(entry.id, None)
+        if self.events.subscribers:
+            self.events.publish("inflight", {"op": "remove", "id": entry.id,
+                                             "total": len(self._by_id)})
 
     def list(self) -> list[InFlight]:
         return sorted(self._by_id.values(), key=lambda entry: entry.started)

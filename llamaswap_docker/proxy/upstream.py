@@ -341,11 +341,15 @@ class UpstreamResponse:
         self._closed = False
 
     @property
-    def is_event_stream(self) -> bool:
+    def content_type(self) -> str:
         for name, value in self.raw_headers:
             if name == b"content-type":
-                return value.lower().startswith(b"text/event-stream")
-        return False
+                return value.decode("latin-1").lower()
+        return ""
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self.content_type.startswith("text/event-stream")
 
     @property
     def small(self) -> bool:

@@ -9,7 +9,15 @@ import time
 
 import httpx
 
-from tests.conftest import RUN_ID, TEST_RUN_LABEL, chat, fake_model, model_containers, ready_ids
+from tests.conftest import (
+    RUN_ID,
+    TEST_RUN_LABEL,
+    chat,
+    fake_model,
+    model_containers,
+    ready_ids,
+    unused_tcp_port,
+)
 from tests.conftest import container_exists as exists
 
 # Slow enough that a reload would be obvious next to an adoption.
@@ -242,7 +250,7 @@ def test_a_second_proxy_on_a_live_instance_exits_naming_the_owner_and_touches_no
     # The same instance, another port: what a user's own `serve` next to the demo used to do.
     second = subprocess.run(
         [sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(first.config_path),
-         "-l", "127.0.0.1:0"],
+         "-l", f"127.0.0.1:{unused_tcp_port()}"],
         capture_output=True, text=True, timeout=60,
     )
     assert second.returncode != 0

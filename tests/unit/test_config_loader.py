@@ -196,11 +196,11 @@ def test_example_config_loads() -> None:
 
 
 def test_llama_swap_only_keys_get_a_hint_and_metadata_is_kept() -> None:
-    text = "metricsMaxInMemory: 500\nmodels:\n  m:\n    image: x\n    metadata: {family: qwen, size: 7}\n"
+    text = "startPort: 10001\nmodels:\n  m:\n    image: x\n    metadata: {family: qwen, size: 7}\n"
     with pytest.raises(ConfigError) as caught:
         load_config_text(text, source="c.yaml")
-    assert "c.yaml:1: metricsMaxInMemory" in caught.value.message
-    assert "keeps no metrics history" in caught.value.message
+    assert "c.yaml:1: startPort" in caught.value.message
+    assert "ports are not allocated" in caught.value.message
     config = load_config_text(text.split("\n", 1)[1])
     assert config.models["m"].metadata == {"family": "qwen", "size": 7}
 

@@ -479,7 +479,7 @@ def test_a_sleep_mode_model_is_put_to_sleep_on_eviction_and_woken_in_the_same_co
     waiter = w.request("v1")
     assert [d for d in w.log if isinstance(d, Sleep)] == [Sleep("v2", 2, "v1")]
     w.slept("v2")
-    assert [d for d in w.log if isinstance(d, Wake)] == [Wake("v1")] and starts(w) == []
+    assert [d for d in w.log if isinstance(d, Wake)] == [Wake("v1", ("v2",))] and starts(w) == []
     w.woke("v1")
     assert w.admitted[waiter] == "v1" and w.scheduler.models["v1"].container == first
 

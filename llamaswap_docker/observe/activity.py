@@ -1,0 +1,220 @@
+"""The activity log: one row per inference request, kept in memory and optionally in SQLite.
+
+Rows carry llama-swap's activity fields (``id``, ``timestamp``, ``model``, ``req_path``,
+``resp_content_type``, ``resp_status_code``, ``tokens``, ``duration_ms``, ``has_capture``) and
+add ours: ``wait_ms`` (time waiting for the model to load or swap). With ``store.path`` every
+row is also written to a SQLite file by a thread of its own (the request path only queues
+it), and the last ``metricsMaxInMemory`` rows are read back at start.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["ActivityLog", "ActivityRow", "percentile"]
+
+_COLUMNS = ("id", "timestamp", "model", "path", "status", "content_type", "wait_ms",
+            "duration_ms", "input_tokens", "output_tokens", "cached_tokens",
+            "prompt_per_second", "tokens_per_second", "has_capture")
+
+
+@dataclass(slots=True)
+class ActivityRow:
+    id: int
+    timestamp: float  # epoch seconds, when the request ended
+    model: str
+    path: str
+    status: int  # 499: the client left before the end
+    content_type: str
+    wait_ms: int
+    duration_ms: int
+    input_tokens: int = -1  # -1: the response did not say
+    output_tokens: int = -1
+    cached_tokens: int = -1
+    prompt_per_second: float = -1.0
+    tokens_per_second: float = -1.0
+    has_capture: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """llama-swap's row shape, plus ``wait_ms``."""
+        return {
+            "id": self.id,
+            "timestamp": datetime.fromtimestamp(self.timestamp, timezone.utc).isoformat(),
+            "model": self.model,
+            "req_path": self.path,
+            "resp_content_type": self.content_type,
+            "resp_status_code": self.status,
+            "tokens": {
+                "cache_tokens": self.cached_tokens,
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "prompt_per_second": round(self.prompt_per_second, 2),
+                "tokens_per_second": round(self.tokens_per_second, 2),
+            },
+            "duration_ms": self.duration_ms,
+            "wait_ms": self.wait_ms,
+            "has_capture": self.has_capture,
+        }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+class ActivityLog:
+    """The last ``limit`` rows in memory, every row in SQLite when ``store_path`` is set."""
+
+    def __init__(self, limit: int, store_path: str | None = None) -> None:
+        self.rows: deque[ActivityRow] = deque(maxlen=limit)
+        self.store_path = Path(store_path).expanduser() if store_path else None
+        self._next_id = 1
+        self._writes: queue.SimpleQueue[ActivityRow | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or read the SQLite store (when configured) and start its writer."""
+        if self.store_path is None:
+            return
+        self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS activity (id INTEGER PRIMARY KEY, timestamp REAL, "
+                "model TEXT, path TEXT, status INTEGER, content_type TEXT, wait_ms INTEGER, "
+                "duration_ms INTEGER, input_tokens INTEGER, output_tokens INTEGER, "
+                "cached_tokens INTEGER, prompt_per_second REAL, tokens_per_second REAL, "
+                "has_capture INTEGER)")
+            db.execute("CREATE INDEX IF NOT EXISTS activity_model_time ON activity (model, timestamp)")
+            last = db.execute("SELECT max(id) FROM activity").fetchone()[0]
+            recent = db.execute("SELECT * FROM activity ORDER BY id DESC LIMIT ?",
+                                (self.rows.maxlen or 0,)).fetchall()
+        self._next_id = (last or 0) + 1
+        self.rows.extend(_row(values) for values in reversed(recent))
+        self._writer = threading.Thread(target=self._write_loop, name="activity-store",
+                                        daemon=True)
+        self._writer.start()
+        logger.bind(path=str(self.store_path), rows=last or 0).info("activity store opened")
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join(timeout=10)
+            self._writer = None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add(self, row: ActivityRow) -> ActivityRow:
+        """Number the row and keep it (the SQLite write happens in the writer thread)."""
+        row.id = self._next_id
+        self._next_id += 1
+        self.rows.append(row)
+        if self._writer is not None:
+            self._writes.put(row)
+        return row
+
+    def _write_loop(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                batch = [self._writes.get()]
+                while not self._writes.empty() and len(batch) < 1000:
+                    batch.append(self._writes.get())
+                rows = [r for r in batch if r is not None]
+                if rows:
+                    try:
+                        db.executemany(
+                            f"INSERT OR REPLACE INTO activity VALUES ({','.join('?' * len(_COLUMNS))})",
+                            [tuple(getattr(r, c) for c in _COLUMNS) for r in rows])
+                        db.commit()
+                    except sqlite3.Error as exc:
+                        logger.bind(path=str(self.store_path)).error("activity store: {}", exc)
+                if None in batch:
+                    return
+        finally:
+            db.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.store_path is not None
+        db = sqlite3.connect(self.store_path, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def query(self, model: str | None = None, since: float | None = None,
+              until: float | None = None, limit: int = 100, offset: int = 0
+              ) -> tuple[int, list[ActivityRow]]:
+        """Rows matching the filters, newest first, and how many match in all.
+
+        Blocking when a store is configured (it is read): call it in a thread.
+        """
+        if self.store_path is not None:
+            return self._query_store(model, since, until, limit, offset)
+        matching = [r for r in reversed(self.rows)
+                    if (model is None or r.model == model)
+                    and (since is None or r.timestamp >= since)
+                    and (until is None or r.timestamp <= until)]
+        return len(matching), matching[offset:offset + limit]
+
+    def _query_store(self, model: str | None, since: float | None, until: float | None,
+                     limit: int, offset: int) -> tuple[int, list[ActivityRow]]:
+        where, args = [], []
+        for clause, value in (("model = ?", model), ("timestamp >= ?", since),
+                              ("timestamp <= ?", until)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._connect() as db:
+            total = db.execute(f"SELECT count(*) FROM activity{condition}", args).fetchone()[0]
+            rows = db.execute(f"SELECT * FROM activity{condition} ORDER BY id DESC LIMIT ? OFFSET ?",
+                              [*args, limit, offset]).fetchall()
+        return total, [_row(values) for values in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """Per model, over the rows in memory: counts, tokens, and speed and time percentiles."""
+        by_model: dict[str, list[ActivityRow]] = {}
+        for row in self.rows:
+            by_model.setdefault(row.model, []).append(row)
+        models = {}
+        for model, rows in sorted(by_model.items()):
+            models[model] = {
+                "requests": len(rows),
+                "errors": sum(1 for r in rows if r.status >= 400),
+                "input_tokens": sum(max(r.input_tokens, 0) for r in rows),
+                "output_tokens": sum(max(r.output_tokens, 0) for r in rows),
+                "cached_tokens": sum(max(r.cached_tokens, 0) for r in rows),
+                "tokens_per_second": _spread([r.tokens_per_second for r in rows
+                                              if r.tokens_per_second >= 0]),
+                "prompt_per_second": _spread([r.prompt_per_second for r in rows
+                                              if r.prompt_per_second >= 0]),
+                "duration_ms": _spread([float(r.duration_ms) for r in rows]),
+                "wait_ms": _spread([float(r.wait_ms) for r in rows]),
+            }
+        first = self.rows[0].timestamp if self.rows else None
+        return {"rows": len(self.rows), "since": first, "models": models}
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    return {f"p{q}": (round(v, 2) if (v := percentile(values, q)) is not None else None)
+            for q in (50, 90, 99)}
+
+
+def _row(values: tuple[Any, ...]) -> ActivityRow:
+    data = dict(zip(_COLUMNS, values))
+    data["has_capture"] = bool(data["has_capture"])
+    return ActivityRow(**data)

@@ -1,0 +1,137 @@
+"""Token usage read from a response as it is relayed, never delaying it.
+
+Sources, best first: llama-server's ``timings`` (its own token counts and speeds), then the
+``usage`` object of OpenAI (chat, completions, responses' ``response.usage``) and Anthropic
+(``message_start``'s ``message.usage`` and ``message_delta``'s ``usage``), as vLLM and
+llama-server send them. A streamed answer is scanned chunk by chunk: only ``data:`` lines that
+name ``usage`` or ``timings`` are parsed, so the relay pays a substring search per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = ["Usage", "UsageScanner"]
+
+#: The longest partial SSE line kept between chunks (usage lines are short).
+MAX_CARRY = 1 << 20
+_MARKERS = (b'"usage"', b'"timings"')
+
+
+class Usage:
+    """What a response said of its tokens (-1: it did not say)."""
+
+    __slots__ = ("input_tokens", "output_tokens", "cached_tokens", "prompt_per_second",
+                 "tokens_per_second", "timings_ms", "from_timings")
+
+    def __init__(self) -> None:
+        self.input_tokens = -1
+        self.output_tokens = -1
+        self.cached_tokens = -1
+        self.prompt_per_second = -1.0
+        self.tokens_per_second = -1.0
+        #: llama-server's prompt_ms + predicted_ms, when it sent timings.
+        self.timings_ms = -1.0
+        self.from_timings = False
+
+    @property
+    def known(self) -> bool:
+        return self.input_tokens >= 0 or self.output_tokens >= 0
+
+    def absorb(self, document: Any) -> None:
+        """Take what a JSON document (a body, or one SSE event) says of usage."""
+        if isinstance(document, list):  # /infill answers a list; the last item has timings
+            document = document[-1] if document else None
+        if not isinstance(document, dict):
+            return
+        timings = document.get("timings")
+        if isinstance(timings, dict):
+            self._timings(timings)
+        usage = document.get("usage")
+        if not isinstance(usage, dict):
+            nested = document.get("response") or document.get("message")  # responses, Anthropic
+            usage = nested.get("usage") if isinstance(nested, dict) else None
+        if isinstance(usage, dict):
+            self._usage(usage)
+
+    def _timings(self, timings: dict[str, Any]) -> None:
+        self.input_tokens = _int(timings.get("prompt_n"), self.input_tokens)
+        self.output_tokens = _int(timings.get("predicted_n"), self.output_tokens)
+        self.cached_tokens = _int(timings.get("cache_n"), self.cached_tokens)
+        self.prompt_per_second = _float(timings.get("prompt_per_second"), self.prompt_per_second)
+        self.tokens_per_second = _float(timings.get("predicted_per_second"),
+                                        self.tokens_per_second)
+        ms = _float(timings.get("prompt_ms"), 0.0) + _float(timings.get("predicted_ms"), 0.0)
+        if ms > 0:
+            self.timings_ms = ms
+        self.from_timings = True
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        if self.from_timings:
+            # llama-server's own counts win; usage may still say what was cached.
+            if self.cached_tokens < 0:
+                self.cached_tokens = _cached(usage, self.cached_tokens)
+            return
+        # An Anthropic stream says input tokens at the start and output tokens at the end:
+        # keep what each event says, never a missing field as 0.
+        self.input_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")),
+                                 self.input_tokens)
+        self.output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")),
+                                  self.output_tokens)
+        self.cached_tokens = _cached(usage, self.cached_tokens)
+
+
+def _cached(usage: dict[str, Any], default: int) -> int:
+    for key in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(key)
+        if isinstance(details, dict) and "cached_tokens" in details:
+            return _int(details["cached_tokens"], default)
+    return _int(usage.get("cache_read_input_tokens"), default)
+
+
+def _int(value: Any, default: int) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _float(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+class UsageScanner:
+    """Feeds a response's bytes, as relayed, into a ``Usage``."""
+
+    __slots__ = ("usage", "_carry")
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._carry = b""
+
+    def body(self, body: bytes) -> None:
+        """A whole JSON body."""
+        if _MARKERS[0] in body or _MARKERS[1] in body:
+            try:
+                self.usage.absorb(orjson.loads(body))
+            except orjson.JSONDecodeError:
+                pass
+
+    def chunk(self, chunk: bytes) -> None:
+        """One chunk of an event stream."""
+        data = self._carry + chunk if self._carry else chunk
+        if _MARKERS[0] not in data and _MARKERS[1] not in data:
+            # A marker split across chunks sits in the last, unfinished line: keep that.
+            end = data.rfind(b"\n")
+            self._carry = data[end + 1:] if end + 1 < len(data) else b""
+            if len(self._carry) > MAX_CARRY:
+                self._carry = b""
+            return
+        lines = data.split(b"\n")
+        carry = lines.pop()
+        self._carry = carry if len(carry) <= MAX_CARRY else b""
+        for line in lines:
+            if line.startswith(b"data:") and (_MARKERS[0] in line or _MARKERS[1] in line):
+                try:
+                    self.usage.absorb(orjson.loads(line[5:]))
+                except orjson.JSONDecodeError:
+                    pass
