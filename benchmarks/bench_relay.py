@@ -129,15 +129,17 @@ def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[s
 
 
 def relay_table(urls: dict[str, str], duration: float, rounds: int) -> dict[tuple[str, int], dict]:
+    targets = tuple(urls)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
                      "wrk.headers[\"Content-Type\"] = \"application/json\"\n")
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
-        for target in TARGETS:  # warm every connection path once
+        for target in targets:  # warm every connection path once
             run_wrk(urls[target], 64, 1, Path(script.name))
         for round_index in range(rounds):
-            order = TARGETS[round_index % 3:] + TARGETS[:round_index % 3]
+            shift = round_index % len(targets)
+            order = targets[shift:] + targets[:shift]
             for connections in CONCURRENCY:
                 for target in order:
                     runs.setdefault((target, connections), []).append(
@@ -267,6 +269,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=300, help="SSE streams per target")
     parser.add_argument("--client-requests", type=int, default=3000)
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also relay through the package in this source tree (e.g. a "
+                        "`git worktree` of an earlier commit) and compare")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -284,17 +289,24 @@ def main() -> int:
     groups = {"all": {"swap": False, "exclusive": False, "members": ["bench", "sse"]}}
     print(f"machine: {os.cpu_count()} cores; wrk -t1, keep-alive POST, {args.duration:g} s runs, "
           f"median of {args.rounds} alternating rounds")
-    with proxy_process(models, groups=groups) as proxy:
-        for model in models:
-            httpx.post(f"{proxy}/api/models/load/{model}", timeout=60).raise_for_status()
+    baseline_proxy = (proxy_process(models, src=args.baseline_src, groups=groups)
+                      if args.baseline_src else contextlib.nullcontext(None))
+    with proxy_process(models, groups=groups) as proxy, baseline_proxy as baseline:
+        for url in filter(None, (proxy, baseline)):
+            for model in models:
+                httpx.post(f"{url}/api/models/load/{model}", timeout=60).raise_for_status()
         running = {e["model"]: e["base_url"] for e in
                    httpx.get(f"{proxy}/running", timeout=10).json()["running"]}
         direct = running["bench"]
         with host_nginx(direct.removeprefix("http://")) as nginx:
             urls = {"direct": direct, "nginx": nginx, "llamaswap": proxy}
+            if baseline:
+                urls["baseline"] = baseline
             table = relay_table(urls, args.duration, args.rounds)
-        streams = asyncio.run(stream_times({"direct": running["sse"], "llamaswap": proxy},
-                                           args.streams))
+        stream_urls = {"direct": running["sse"], "llamaswap": proxy}
+        if baseline:
+            stream_urls["baseline"] = baseline
+        streams = asyncio.run(stream_times(stream_urls, args.streams))
         clients = {}
         for kind in CLIENTS:
             for connections in CONCURRENCY:
@@ -312,6 +324,13 @@ def main() -> int:
         print(f"{c:>4} | {cells[0]:>24} | {cells[1]:>24} | {cells[2]:>24} | {ratio:7.2f}x | "
               f"{added:+11.2f} ms")
 
+    if baseline:
+        print(f"\nThis tree vs the baseline ({args.baseline_src}), req/s:")
+        for c in CONCURRENCY:
+            now, then = table[("llamaswap", c)]["rps"], table[("baseline", c)]["rps"]
+            print(f"  c={c:<3} {now:8.0f} vs {then:8.0f}  = {now / then:5.2f}x   p50 "
+                  f"{table[('llamaswap', c)]['p50']:5.2f} vs {table[('baseline', c)]['p50']:5.2f} ms")
+
     print(f"\nSSE, 64 chunks, no token delay, {args.streams} streams each (ms):")
     overhead = {}
     for what in ("first", "whole"):
@@ -322,6 +341,10 @@ def main() -> int:
               f"{percentile(d, 50):6.2f} p99 {percentile(d, 99):6.2f} | proxy p50 "
               f"{percentile(p, 50):6.2f} p99 {percentile(p, 99):6.2f} | overhead p50 "
               f"{overhead[what][0]:+.2f} p99 {overhead[what][1]:+.2f}")
+        if baseline:
+            b = [v * 1000 for v in streams["baseline"][what]]
+            print(f"  {'':>12}  baseline proxy p50 {percentile(b, 50):6.2f} p99 "
+                  f"{percentile(b, 99):6.2f}")
 
     print(f"\nUpstream clients alone against the same upstream, req/s ({args.client_requests} "
           "requests):")

@@ -32,6 +32,7 @@ from llamaswap_docker.observe import (
 )
 from llamaswap_docker.proxy import InFlightRequests, UpstreamClient, dialect_for_path
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
+from llamaswap_docker.ui import mount_ui
 
 __all__ = ["create_app", "new_control_client"]
 
@@ -93,19 +94,22 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
                 await inflight.close()
                 await upstream.close()
                 await http.aclose()
+                recorder.flush()
                 await asyncio.to_thread(activity.close)
 
     app = FastAPI(
         title="llamaswap-docker",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # ui.mount_ui serves /docs from local assets (works offline)
         redoc_url=None,
     )
     app.include_router(admin.router)
     app.include_router(inference.router)
     app.include_router(logs.router)
     app.include_router(observe.router)
+    mount_ui(app)
+    inference.document(app)
 
     @app.exception_handler(LlamaswapError)
     async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:

@@ -23,14 +23,17 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaswap_docker.api.errors import error_response
+from llamaswap_docker import ui
 from llamaswap_docker.api.guard import is_loopback
 from llamaswap_docker.proxy.dialects import dialect_for_path
 from llamaswap_docker.config import Config
 
 __all__ = ["ApiKeyMiddleware", "OPEN_PATHS", "presented_keys", "key_matches", "warn_if_exposed"]
 
-#: Paths answered without a key: liveness probes must work for load balancers and compose.
-OPEN_PATHS = frozenset({"/health"})
+#: Paths answered without a key: liveness probes must work for load balancers and compose;
+#: the UI's and the API docs' pages and assets hold no data (they call the API with a key).
+OPEN_PATHS = frozenset({"/health"}) | ui.OPEN_PATHS
+OPEN_PREFIXES = ui.OPEN_PREFIXES
 
 _MISSING = (
     "missing API key: send it as 'Authorization: Bearer <key>', as the Basic auth password, "
@@ -89,7 +92,9 @@ class ApiKeyMiddleware:
         return config.api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if (scope["type"] not in ("http", "websocket") or path in OPEN_PATHS
+                or path.startswith(OPEN_PREFIXES)):
             await self.app(scope, receive, send)
             return
         keys = self._keys()

@@ -23,7 +23,7 @@ from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.proxy import dialect_for_path, forward
 
-__all__ = ["router", "INFERENCE_PATHS", "ProxyApp"]
+__all__ = ["router", "INFERENCE_PATHS", "ProxyApp", "document"]
 
 #: Routes whose model is named in the request (body, form field or ?model=).
 INFERENCE_PATHS = frozenset({
@@ -117,6 +117,57 @@ class ProxyApp:
                                      "internal_error")(scope, receive, send)
             except RuntimeError:  # the response had started: the server closes the connection
                 raise exc from None
+
+
+_DIALECTS = {"/v1/messages": "Anthropic Messages", "/v1/messages/count_tokens": "Anthropic",
+             "/completion": "llama-server", "/infill": "llama-server"}
+
+
+def document(app: FastAPI) -> None:
+    """Put the inference routes in the OpenAPI document: ``ProxyApp`` serves them before
+    FastAPI's routing, so no FastAPI route declares them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        body = {"required": True, "content": {
+            "application/json": {"schema": {"type": "object", "required": ["model"],
+                                            "properties": {"model": {"type": "string"}},
+                                            "additionalProperties": True}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["model"],
+                                               "properties": {"model": {"type": "string"}}}},
+        }}
+        responses = {
+            "200": {"description": "the model server's answer, relayed (JSON, or an event "
+                                   "stream when the request asks for one)"},
+            "400": {"description": "malformed body, or no model named"},
+            "404": {"description": "the model is not configured"},
+            "413": {"description": "body larger than maxRequestBodySize"},
+            "502": {"description": "the model's server failed"},
+            "503": {"description": "the model could not be started"},
+        }
+        for path in sorted(INFERENCE_PATHS):
+            dialect = _DIALECTS.get(path, "OpenAI")
+            schema["paths"].setdefault(path, {})["post"] = {
+                "tags": ["inference"], "summary": f"{dialect}: {path} (model from the body)",
+                "description": "Starts the named model if needed (swapping out what cannot "
+                               "run beside it), then relays the request to it.",
+                "operationId": f"inference_{path.strip('/').replace('/', '_')}",
+                "requestBody": body, "responses": responses,
+            }
+        schema["paths"]["/upstream/{model}/{path}"] = {"post": {
+            "tags": ["inference"], "summary": "Any path of the model's own server",
+            "operationId": "upstream_passthrough",
+            "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                           for n in ("model", "path")],
+            "responses": responses,
+        }}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @router.get("/v1/models")

@@ -39,7 +39,9 @@ router = APIRouter(tags=["observability"])
 @router.get("/api/metrics")
 async def metrics_list(request: Request) -> JSONResponse:
     """The activity rows in memory, oldest first (llama-swap's ``/api/metrics``)."""
-    rows = app_state(request).recorder.activity.rows
+    recorder = app_state(request).recorder
+    recorder.flush()
+    rows = recorder.activity.rows
     return JSONResponse([row.to_json() for row in rows])
 
 
@@ -55,6 +57,7 @@ async def activity(
     """Activity rows, newest first: llama-swap's row fields plus ``wait_ms``."""
     state = app_state(request)
     model_id = state.manager.resolve(model) if model else None
+    state.recorder.flush()
     total, rows = await asyncio.to_thread(state.recorder.activity.query, model_id, since, until,
                                           limit, offset)
     return JSONResponse({"activity": [row.to_json() for row in rows], "total": total,
@@ -65,6 +68,7 @@ async def activity(
 async def stats(request: Request) -> JSONResponse:
     """Totals since the proxy started, and per-model percentiles over the rows in memory."""
     recorder = app_state(request).recorder
+    recorder.flush()
     metrics = recorder.metrics
     totals: dict[str, Any] = {"requests": sum(metrics.requests.values()), "swaps": metrics.swaps}
     for (_, kind), count in metrics.tokens.items():
@@ -75,7 +79,9 @@ async def stats(request: Request) -> JSONResponse:
 @router.get("/api/captures/{capture_id}")
 async def capture(request: Request, capture_id: int) -> Response:
     """One request's headers (credentials redacted) and bodies, while the buffer holds it."""
-    captures = app_state(request).recorder.captures
+    recorder = app_state(request).recorder
+    recorder.flush()
+    captures = recorder.captures
     found = captures.get(capture_id)
     if found is None:
         why = ("captures are off: set captureBuffer (MB) in the config" if not captures.enabled
@@ -88,7 +94,9 @@ async def capture(request: Request, capture_id: int) -> Response:
             responses={200: {"content": {"text/plain": {}}}})
 async def prometheus(request: Request) -> Response:
     """Prometheus metrics (text format 0.0.4)."""
-    body = app_state(request).recorder.metrics.render()
+    recorder = app_state(request).recorder
+    recorder.flush()
+    body = recorder.metrics.render()
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -98,6 +106,7 @@ async def events(request: Request) -> Response:
     """Live events as SSE ``data: {"type": ..., "data": {...}}`` lines: first the models'
     status and the requests in flight, then every change; a comment line every 15 s."""
     state = app_state(request)
+    state.recorder.flush()  # requests that ended before this subscriber are not news to it
     subscription = state.events.subscribe()
     loop = asyncio.get_running_loop()
 

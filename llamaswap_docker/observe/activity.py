@@ -13,6 +13,7 @@ import queue
 import sqlite3
 import threading
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +83,9 @@ class ActivityLog:
         self._next_id = 1
         self._writes: queue.SimpleQueue[ActivityRow | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # Rows queued and rows written: a query waits until the store has what memory has.
+        self._queued = self._written = 0
+        self._progress = threading.Condition()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class ActivityLog:
         if self.store_path is None:
             return
         self.store_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS activity (id INTEGER PRIMARY KEY, timestamp REAL, "
                 "model TEXT, path TEXT, status INTEGER, content_type TEXT, wait_ms INTEGER, "
@@ -98,6 +102,7 @@ class ActivityLog:
                 "cached_tokens INTEGER, prompt_per_second REAL, tokens_per_second REAL, "
                 "has_capture INTEGER)")
             db.execute("CREATE INDEX IF NOT EXISTS activity_model_time ON activity (model, timestamp)")
+            db.commit()
             last = db.execute("SELECT max(id) FROM activity").fetchone()[0]
             recent = db.execute("SELECT * FROM activity ORDER BY id DESC LIMIT ?",
                                 (self.rows.maxlen or 0,)).fetchall()
@@ -123,6 +128,7 @@ class ActivityLog:
         self._next_id += 1
         self.rows.append(row)
         if self._writer is not None:
+            self._queued += 1
             self._writes.put(row)
         return row
 
@@ -142,6 +148,9 @@ class ActivityLog:
                         db.commit()
                     except sqlite3.Error as exc:
                         logger.bind(path=str(self.store_path)).error("activity store: {}", exc)
+                with self._progress:
+                    self._written += len(rows)
+                    self._progress.notify_all()
                 if None in batch:
                     return
         finally:
@@ -179,7 +188,11 @@ class ActivityLog:
                 where.append(clause)
                 args.append(value)
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        with self._connect() as db:
+        queued = self._queued
+        with self._progress:  # what was added before this query is in the store first
+            self._progress.wait_for(lambda: self._written >= queued or self._writer is None,
+                                    timeout=5)
+        with closing(self._connect()) as db:
             total = db.execute(f"SELECT count(*) FROM activity{condition}", args).fetchone()[0]
             rows = db.execute(f"SELECT * FROM activity{condition} ORDER BY id DESC LIMIT ? OFFSET ?",
                               [*args, limit, offset]).fetchall()

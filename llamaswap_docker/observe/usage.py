@@ -100,21 +100,42 @@ def _float(value: Any, default: float) -> float:
 
 
 class UsageScanner:
-    """Feeds a response's bytes, as relayed, into a ``Usage``."""
+    """Feeds a response's bytes, as relayed, into a ``Usage`` (made when one is found)."""
 
     __slots__ = ("usage", "_carry")
 
     def __init__(self) -> None:
-        self.usage = Usage()
+        self.usage: Usage | None = None
         self._carry = b""
+
+    def _absorb(self, data: bytes) -> None:
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if self.usage is None:
+            self.usage = Usage()
+        self.usage.absorb(document)
 
     def body(self, body: bytes) -> None:
         """A whole JSON body."""
-        if _MARKERS[0] in body or _MARKERS[1] in body:
-            try:
-                self.usage.absorb(orjson.loads(body))
-            except orjson.JSONDecodeError:
-                pass
+        at = body.rfind(_MARKERS[0])
+        if at >= 0 and _MARKERS[1] not in body:
+            # Most answers end with a flat usage object: parse only that, not the whole body.
+            start = body.find(b"{", at)
+            end = body.find(b"}", start)
+            if 0 < start < end and body.find(b"{", start + 1, end) < 0:
+                try:
+                    usage = orjson.loads(body[start:end + 1])
+                except orjson.JSONDecodeError:
+                    usage = None
+                if isinstance(usage, dict):
+                    if self.usage is None:
+                        self.usage = Usage()
+                    self.usage.absorb({"usage": usage})
+                    return
+        if at >= 0 or _MARKERS[1] in body:
+            self._absorb(body)
 
     def chunk(self, chunk: bytes) -> None:
         """One chunk of an event stream."""
@@ -131,7 +152,4 @@ class UsageScanner:
         self._carry = carry if len(carry) <= MAX_CARRY else b""
         for line in lines:
             if line.startswith(b"data:") and (_MARKERS[0] in line or _MARKERS[1] in line):
-                try:
-                    self.usage.absorb(orjson.loads(line[5:]))
-                except orjson.JSONDecodeError:
-                    pass
+                self._absorb(line[5:])

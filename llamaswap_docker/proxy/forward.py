@@ -312,8 +312,7 @@ async def forward(
     try:
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
-        if trace.request_body is not None:  # captures are on
-            trace.request_body, trace.request_headers = target.body, scope["headers"]
+        trace.request(scope["headers"], target.body)
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
         if lease is None:  # the model must start, or is busy swapping: wait, watched
@@ -411,10 +410,9 @@ async def _relay(
     a client that accepts no bytes for its ``stallTimeout``, so one stalled reader cannot hold
     its model (and every swap waiting on it) forever.
     """
-    trace.status, trace.content_type = response.status, response.content_type
-    trace.response_headers = response.raw_headers
+    trace.status, trace.headers = response.status, response.raw_headers
     if progress is not None:
-        trace.status, trace.content_type = 200, "text/event-stream"
+        trace.status, trace.headers = 200, _SSE_HEADERS
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
         if response.status != 200:
             try:
