@@ -312,7 +312,8 @@ async def forward(
     try:
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
-        trace.request(scope["headers"], target.body)
+        if trace.capture is not None:
+            trace.request(scope["headers"], target.body)
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
         if lease is None:  # the model must start, or is busy swapping: wait, watched

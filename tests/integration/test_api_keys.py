@@ -72,8 +72,16 @@ def test_sdks_see_authentication_errors_with_a_wrong_key(proxy) -> None:
 
 def test_health_needs_no_key_but_management_and_logs_do(proxy) -> None:
     assert httpx.get(f"{proxy.url}/health").text == "OK"
-    for path in ("/running", "/logs", "/v1/models", "/openapi.json", "/logs/stream/fake"):
+    for path in ("/running", "/logs", "/v1/models", "/logs/stream/fake", "/metrics",
+                 "/api/metrics/activity", "/api/events"):
         assert httpx.get(f"{proxy.url}{path}", timeout=10).status_code == 401, path
+    # The UI's and the API docs' pages load without a key; they hold nothing of the config.
+    for path in ("/ui/", "/ui/app.js", "/docs", "/openapi.json"):
+        response = httpx.get(f"{proxy.url}{path}", timeout=10)
+        assert response.status_code == 200, path
+        assert "fake" not in response.text, path
+    root = httpx.get(f"{proxy.url}/", timeout=10, follow_redirects=False)
+    assert root.headers["location"] == "/ui/"
     assert httpx.post(f"{proxy.url}/api/models/unload", timeout=10).status_code == 401
     assert httpx.get(f"{proxy.url}/unload", timeout=10).status_code == 401
 

@@ -450,7 +450,7 @@ def run_random_sequence(seed: int, steps: int = 60) -> None:
     assert all(x not in w.scheduler.waiters for x in left)
 
 
-SEQUENCES = 500
+SEQUENCES = 300
 
 
 def test_random_event_sequences_keep_the_invariants() -> None:
