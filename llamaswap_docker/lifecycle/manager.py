@@ -21,22 +21,19 @@ from loguru import logger
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import (
     ConcurrencyLimitExceeded,
-    EngineError,
-    EngineUnreachable,
-    ImageNotFound,
-    ImagePullFailed,
     LlamaswapError,
     ModelNotFound,
     ModelStopped,
 )
 from llamaswap_docker.lifecycle.deaths import DeathWatch
 from llamaswap_docker.lifecycle.driver import ContainerDriver, LastOutput
+from llamaswap_docker.lifecycle.effects import Effects
 from llamaswap_docker.lifecycle.model import Lease, ModelRuntime, ModelState, ModelStatus
 from llamaswap_docker.lifecycle.scheduler import (
     Admit, Cut, Decision, Fail, Finished, Note, Remove, Scheduler, Sleep, Start, Stop, Wake,
 )
 from llamaswap_docker.observe import EventBus, Metrics
-from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec, PullProgress
+from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec
 
 __all__ = ["LastOutput", "Lease", "ModelManager"]
 
@@ -54,6 +51,8 @@ class ModelManager:
         self.events = events or EventBus()
         #: Set by the app once it exists: load times and failures for ``/metrics``.
         self.metrics: Metrics | None = None
+        #: Each model's last removed container's output (``logs MODEL`` after a swap).
+        self.last_output: dict[str, LastOutput] = {}
         self._published: tuple[tuple[str, str, str | None], ...] = ()
         self.containers = containers
         self.http = http
@@ -64,8 +63,7 @@ class ModelManager:
         self._cuts: dict[int, Callable[[list[str]], object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.deaths = DeathWatch(self.driver, lambda: self.models, self._died)
-        #: Each model's last removed container's output (``logs MODEL`` after a swap).
-        self.last_output: dict[str, LastOutput] = {}
+        self.effects = Effects(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.should_exit = False
@@ -124,7 +122,7 @@ class ModelManager:
             logger.info("shutdown: keeping model containers for the next start to adopt")
             return
         owned = await self.driver.call("listing containers", self.containers.list_owned)
-        await asyncio.gather(*(self._stop_ref(ref, "proxy shutdown") for ref in owned))
+        await asyncio.gather(*(self.effects.stop_ref(ref, "proxy shutdown") for ref in owned))
         for runtime in self.models.values():
             runtime.state, runtime.container, runtime.draining = ModelState.STOPPED, None, False
 
@@ -293,17 +291,17 @@ class ModelManager:
                 self._answer(decision.operation,
                              LlamaswapError(decision.error) if decision.error else None)
             elif isinstance(decision, Start):
-                self._spawn(self._start(decision))
+                self._spawn(self.effects.start(decision))
             elif isinstance(decision, Stop):
-                self._spawn(self._stop(decision))
+                self._spawn(self.effects.stop(decision))
             elif isinstance(decision, Sleep):
-                self._spawn(self._sleep(decision))
+                self._spawn(self.effects.sleep(decision))
             elif isinstance(decision, Wake):
-                self._spawn(self._wake(decision))
+                self._spawn(self.effects.wake(decision))
             elif isinstance(decision, Remove):
                 logger.bind(model=decision.container.model_id, container=decision.container.name
                             ).warning("container died: {}", decision.reason)
-                self._spawn(self._stop_ref(decision.container, "container died"))
+                self._spawn(self.effects.stop_ref(decision.container, "container died"))
             elif isinstance(decision, Cut):
                 cut = self._cuts.get(decision.operation)
                 if cut is not None:
@@ -330,114 +328,6 @@ class ModelManager:
             future.set_result(None)
         else:
             future.set_exception(error)
-
-    async def _start(self, decision: Start) -> None:
-        model_id = decision.model_id
-        log = logger.bind(model=model_id, image=self.config.models[model_id].image)
-        log.info("model starting")
-        started = self._swap_started(decision)
-        try:
-            container = await self.driver.start(
-                model_id, self.config, abandon=lambda: self.scheduler.abandonable(model_id),
-                on_created=lambda ref: self.scheduler.created(model_id, ref),
-                on_pull=self._pull_reporter(model_id))
-        except asyncio.CancelledError:
-            self.scheduler.start_abandoned(model_id)
-            raise
-        except LlamaswapError as error:
-            log.bind(error=error.message.splitlines()[0]).error("model start failed")
-            self._swap_ended(model_id, started, error)
-            self._apply(self.scheduler.start_failed(model_id, error))
-            return
-        if container is None:
-            log.info("start abandoned: no request waits for the model any more")
-            self._swap_ended(model_id, started, "abandoned")
-            self._apply(self.scheduler.start_abandoned(model_id))
-            return
-        log.bind(container=container.name,
-                 seconds=f"{time.monotonic() - started:.2f}").info("model ready")
-        self._swap_ended(model_id, started, None)
-        self._apply(self.scheduler.ready(model_id, container, time.monotonic()))
-
-    def _swap_started(self, decision: Start | Wake) -> float:
-        self.events.publish("swap", {"phase": "start", "model": decision.model_id,
-                                     "evicted": list(decision.evicted),
-                                     "wake": isinstance(decision, Wake)})
-        return time.monotonic()
-
-    def _swap_ended(self, model_id: str, started: float,
-                    failure: LlamaswapError | str | None) -> None:
-        seconds = time.monotonic() - started
-        if self.metrics is not None:
-            if failure is None:
-                self.metrics.load(model_id, seconds)
-            elif isinstance(failure, LlamaswapError):
-                self.metrics.load_failed(model_id, _failure_kind(failure))
-        error = failure.message if isinstance(failure, LlamaswapError) else failure
-        self.events.publish("swap", {"phase": "end", "model": model_id, "ok": failure is None,
-                                     "seconds": round(seconds, 3), "error": error})
-
-    def _pull_reporter(self, model_id: str) -> Callable[[PullProgress], None]:
-        """Pull progress (from the engine thread) as ``pull`` events, at most 4 a second."""
-        loop = asyncio.get_running_loop()
-        last = [0.0]
-
-        def report(progress: PullProgress) -> None:
-            now = time.monotonic()
-            if now - last[0] < 0.25 and progress.fraction != 1.0:
-                return
-            last[0] = now
-            data = {"model": model_id, "image": progress.image, "status": progress.status,
-                    "layer": progress.layer, "fraction": progress.fraction}
-            loop.call_soon_threadsafe(self.events.publish, "pull", data)
-
-        return report
-
-    async def _stop(self, decision: Stop) -> None:
-        ref = self.models[decision.model_id].container
-        try:
-            if ref is not None:
-                await self._stop_ref(ref, decision.reason)
-        except Exception as exc:  # noqa: BLE001 - the scheduler decides what fails with it
-            logger.bind(model=decision.model_id).error("stop failed: {}", _describe(exc))
-            self._apply(self.scheduler.stop_failed(decision.model_id, _describe(exc)))
-            return
-        self._apply(self.scheduler.stopped(decision.model_id))
-
-    async def _sleep(self, decision: Sleep) -> None:
-        ref = self.models[decision.model_id].container
-        log = logger.bind(model=decision.model_id, level=decision.level,
-                          reason=f"swapping to {decision.evicted_for}")
-        started = time.monotonic()
-        try:
-            if ref is None:
-                raise LlamaswapError("the container is gone")
-            await self.driver.sleep(ref, decision.level)
-        except Exception as exc:  # noqa: BLE001 - any failure: the scheduler stops it instead
-            self._apply(self.scheduler.sleep_failed(decision.model_id, _describe(exc)))
-            return
-        log.bind(seconds=f"{time.monotonic() - started:.2f}").info("model asleep")
-        self._apply(self.scheduler.slept(decision.model_id, time.monotonic()))
-
-    async def _wake(self, decision: Wake) -> None:
-        model_id = decision.model_id
-        ref = self.models[model_id].container
-        started = self._swap_started(decision)
-        try:
-            if ref is None:
-                raise LlamaswapError("the container is gone")
-            await self.driver.wake(ref, self.config)
-        except Exception as exc:  # noqa: BLE001 - any failure: the scheduler starts it cold
-            self._swap_ended(model_id, started, f"wake failed: {_describe(exc)}")
-            self._apply(self.scheduler.wake_failed(model_id, _describe(exc)))
-            return
-        logger.bind(model=model_id, container=ref.name,
-                    seconds=f"{time.monotonic() - started:.2f}").info("model awake")
-        self._swap_ended(model_id, started, None)
-        self._apply(self.scheduler.ready(model_id, ref, time.monotonic()))
-
-    async def _stop_ref(self, ref: ContainerRef, reason: str) -> None:
-        self.last_output[ref.model_id] = await self.driver.stop(ref, self.config, reason)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -480,19 +370,3 @@ class ModelManager:
             except Exception as exc:  # noqa: BLE001 - TTLs must keep working after any one error
                 logger.opt(exception=exc).error("ttl check failed: {}", exc)
 
-
-def _failure_kind(error: LlamaswapError) -> str:
-    """A load failure's ``reason`` label: a few kinds, never a free-form message."""
-    if isinstance(error, (ImageNotFound, ImagePullFailed)):
-        return "image"
-    if isinstance(error, (EngineError, EngineUnreachable)):
-        return "engine"
-    if "did not pass its health check" in error.message:
-        return "health_timeout"
-    if " exited with code " in error.message or "was removed" in error.message:
-        return "exited"
-    return "other"
-
-
-def _describe(exc: Exception) -> str:
-    return exc.message if isinstance(exc, LlamaswapError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,170 @@
+"""Carrying out the scheduler's engine decisions: start, stop, sleep, wake, remove.
+
+Each runs as a task of the orchestrator (``ModelManager``); its outcome goes back to the
+scheduler as an event, and the decisions that follow are applied. Swaps and pulls are
+reported as live events, load times and failures to the Prometheus counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from llamaswap_docker.errors import (
+    EngineError,
+    EngineUnreachable,
+    ImageNotFound,
+    ImagePullFailed,
+    LlamaswapError,
+)
+from llamaswap_docker.lifecycle.scheduler import Sleep, Start, Stop, Wake
+from llamaswap_docker.runtime import ContainerRef, PullProgress
+
+if TYPE_CHECKING:
+    from llamaswap_docker.lifecycle.manager import ModelManager
+
+__all__ = ["Effects"]
+
+
+class Effects:
+    """The engine side of the orchestrator's decisions."""
+
+    def __init__(self, manager: "ModelManager") -> None:
+        self._manager = manager  # for what a reload or the app replaces: config, metrics
+        self._scheduler = manager.scheduler
+        self._driver = manager.driver
+        self._events = manager.events
+        self._feed = manager._apply
+
+    async def start(self, decision: Start) -> None:
+        model_id = decision.model_id
+        log = logger.bind(model=model_id, image=self._manager.config.models[model_id].image)
+        log.info("model starting")
+        started = self._swap_started(decision)
+        try:
+            container = await self._driver.start(
+                model_id, self._manager.config,
+                abandon=lambda: self._scheduler.abandonable(model_id),
+                on_created=lambda ref: self._scheduler.created(model_id, ref),
+                on_pull=self._pull_reporter(model_id))
+        except asyncio.CancelledError:
+            self._scheduler.start_abandoned(model_id)
+            raise
+        except LlamaswapError as error:
+            log.bind(error=error.message.splitlines()[0]).error("model start failed")
+            self._swap_ended(model_id, started, error)
+            self._feed(self._scheduler.start_failed(model_id, error))
+            return
+        if container is None:
+            log.info("start abandoned: no request waits for the model any more")
+            self._swap_ended(model_id, started, "abandoned")
+            self._feed(self._scheduler.start_abandoned(model_id))
+            return
+        log.bind(container=container.name,
+                 seconds=f"{time.monotonic() - started:.2f}").info("model ready")
+        self._swap_ended(model_id, started, None)
+        self._feed(self._scheduler.ready(model_id, container, time.monotonic()))
+
+    def _swap_started(self, decision: Start | Wake) -> float:
+        self._events.publish("swap", {"phase": "start", "model": decision.model_id,
+                                      "evicted": list(decision.evicted),
+                                      "wake": isinstance(decision, Wake)})
+        return time.monotonic()
+
+    def _swap_ended(self, model_id: str, started: float,
+                    failure: LlamaswapError | str | None) -> None:
+        seconds = time.monotonic() - started
+        metrics = self._manager.metrics
+        if metrics is not None:
+            if failure is None:
+                metrics.load(model_id, seconds)
+            elif isinstance(failure, LlamaswapError):
+                metrics.load_failed(model_id, _failure_kind(failure))
+        error = failure.message if isinstance(failure, LlamaswapError) else failure
+        self._events.publish("swap", {"phase": "end", "model": model_id, "ok": failure is None,
+                                      "seconds": round(seconds, 3), "error": error})
+
+    def _pull_reporter(self, model_id: str) -> Callable[[PullProgress], None]:
+        """Pull progress (from the engine thread) as ``pull`` events, at most 4 a second."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def report(progress: PullProgress) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.25 and progress.fraction != 1.0:
+                return
+            last[0] = now
+            data = {"model": model_id, "image": progress.image, "status": progress.status,
+                    "layer": progress.layer, "fraction": progress.fraction}
+            loop.call_soon_threadsafe(self._events.publish, "pull", data)
+
+        return report
+
+    async def stop(self, decision: Stop) -> None:
+        ref = self._scheduler.models[decision.model_id].container
+        try:
+            if ref is not None:
+                await self.stop_ref(ref, decision.reason)
+        except Exception as exc:  # noqa: BLE001 - the scheduler decides what fails with it
+            logger.bind(model=decision.model_id).error("stop failed: {}", _describe(exc))
+            self._feed(self._scheduler.stop_failed(decision.model_id, _describe(exc)))
+            return
+        self._feed(self._scheduler.stopped(decision.model_id))
+
+    async def sleep(self, decision: Sleep) -> None:
+        ref = self._scheduler.models[decision.model_id].container
+        log = logger.bind(model=decision.model_id, level=decision.level,
+                          reason=f"swapping to {decision.evicted_for}")
+        started = time.monotonic()
+        try:
+            if ref is None:
+                raise LlamaswapError("the container is gone")
+            await self._driver.sleep(ref, decision.level)
+        except Exception as exc:  # noqa: BLE001 - any failure: the scheduler stops it instead
+            self._feed(self._scheduler.sleep_failed(decision.model_id, _describe(exc)))
+            return
+        log.bind(seconds=f"{time.monotonic() - started:.2f}").info("model asleep")
+        self._feed(self._scheduler.slept(decision.model_id, time.monotonic()))
+
+    async def wake(self, decision: Wake) -> None:
+        model_id = decision.model_id
+        ref = self._scheduler.models[model_id].container
+        started = self._swap_started(decision)
+        try:
+            if ref is None:
+                raise LlamaswapError("the container is gone")
+            await self._driver.wake(ref, self._manager.config)
+        except Exception as exc:  # noqa: BLE001 - any failure: the scheduler starts it cold
+            self._swap_ended(model_id, started, f"wake failed: {_describe(exc)}")
+            self._feed(self._scheduler.wake_failed(model_id, _describe(exc)))
+            return
+        logger.bind(model=model_id, container=ref.name,
+                    seconds=f"{time.monotonic() - started:.2f}").info("model awake")
+        self._swap_ended(model_id, started, None)
+        self._feed(self._scheduler.ready(model_id, ref, time.monotonic()))
+
+    async def stop_ref(self, ref: ContainerRef, reason: str) -> None:
+        """Stop and remove a container, keeping its last output for ``logs MODEL``."""
+        manager = self._manager
+        manager.last_output[ref.model_id] = await manager.driver.stop(ref, manager.config, reason)
+
+
+def _failure_kind(error: LlamaswapError) -> str:
+    """A load failure's ``reason`` label: a few kinds, never a free-form message."""
+    if isinstance(error, (ImageNotFound, ImagePullFailed)):
+        return "image"
+    if isinstance(error, (EngineError, EngineUnreachable)):
+        return "engine"
+    if "did not pass its health check" in error.message:
+        return "health_timeout"
+    if " exited with code " in error.message or "was removed" in error.message:
+        return "exited"
+    return "other"
+
+
+def _describe(exc: Exception) -> str:
+    return exc.message if isinstance(exc, LlamaswapError) else f"{type(exc).__name__}: {exc}"
