@@ -58,8 +58,13 @@ async def activity(
     state = app_state(request)
     model_id = state.manager.resolve(model) if model else None
     state.recorder.flush()
-    total, rows = await asyncio.to_thread(state.recorder.activity.query, model_id, since, until,
-                                          limit, offset)
+    activity_log = state.recorder.activity
+    # The store is read in a thread; memory on the loop (a thread would race its appends).
+    if activity_log.store_path is None:
+        total, rows = activity_log.query(model_id, since, until, limit, offset)
+    else:
+        total, rows = await asyncio.to_thread(activity_log.query, model_id, since, until,
+                                              limit, offset)
     return JSONResponse({"activity": [row.to_json() for row in rows], "total": total,
                          "limit": limit, "offset": offset})
 
@@ -106,25 +111,27 @@ async def events(request: Request) -> Response:
     """Live events as SSE ``data: {"type": ..., "data": {...}}`` lines: first the models'
     status and the requests in flight, then every change; a comment line every 15 s."""
     state = app_state(request)
-    state.recorder.flush()  # requests that ended before this subscriber are not news to it
-    subscription = state.events.subscribe()
     loop = asyncio.get_running_loop()
 
-    def on_log(line: str) -> None:  # called from any thread
-        event = ("logData", {"source": "proxy", "data": f"{line}\n"})
-        try:
-            loop.call_soon_threadsafe(subscription.offer, event)
-        except RuntimeError:  # the loop is closed
-            pass
-
-    log_buffer.subscribe(on_log)
-    state.manager.publish_status(force=True)  # every subscriber starts from the whole picture
-    inflight = [entry.snapshot() for entry in state.inflight.list()]
-    subscription.offer(("inflight", {"op": "snapshot", "requests": inflight,
-                                     "total": len(inflight), "time": time.time()}))
-
     async def stream() -> AsyncIterator[bytes]:
+        # Subscribed here, not before the response: a generator that never starts (the client
+        # left first) never runs its finally, and would leave its queue subscribed for good.
+        state.recorder.flush()  # requests that ended before this subscriber are not news to it
+        subscription = state.events.subscribe()
+
+        def on_log(line: str) -> None:  # called from any thread
+            event = ("logData", {"source": "proxy", "data": f"{line}\n"})
+            try:
+                loop.call_soon_threadsafe(subscription.offer, event)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        log_buffer.subscribe(on_log)
         try:
+            state.manager.publish_status(force=True)  # every subscriber starts from it all
+            inflight = [entry.snapshot() for entry in state.inflight.list()]
+            subscription.offer(("inflight", {"op": "snapshot", "requests": inflight,
+                                             "total": len(inflight), "time": time.time()}))
             yield b": connected\n\n"
             quiet = 0.0
             while not state.manager.should_exit:

@@ -112,12 +112,17 @@ class ModelManager:
         """Stop the tasks, fail queued requests, and stop and remove every owned container."""
         self.should_exit = True
         await self.deaths.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        while self._tasks:  # tasks may spawn tasks as they end: until none is left
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(BaseException):
+                    await task
         self.reject_waiters()
+        for future in self._futures.values():  # unloads still queued: their callers get an answer
+            if not future.done():
+                future.set_exception(ModelStopped("the proxy is shutting down"))
+        self._futures.clear()
         if keep_containers:
             logger.info("shutdown: keeping model containers for the next start to adopt")
             return

@@ -170,6 +170,17 @@ class _Operation:
         return set(self.models) | ({self.target} if self.target else set())
 
 
+@dataclass(frozen=True)
+class _Flags:
+    swap: bool
+    exclusive: bool
+    persistent: bool
+
+
+#: A model a reload removed: in no group, never evicted by another.
+_REMOVED = _Flags(swap=False, exclusive=False, persistent=True)
+
+
 class _Groups:
     """``group_of`` answers, remembered: rules are read on every step, and a config's lookups
     are not free."""
@@ -181,7 +192,11 @@ class _Groups:
     def group_of(self, model_id: str) -> tuple[str, GroupFlags]:
         found = self._seen.get(model_id)
         if found is None:
-            found = self._seen[model_id] = self._rules.group_of(model_id)
+            try:
+                found = self._rules.group_of(model_id)
+            except KeyError:  # removed by a reload, still being unloaded: it conflicts with none
+                found = (f"(removed) {model_id}", _REMOVED)
+            self._seen[model_id] = found
         return found
 
     def effective_ttl(self, model_id: str) -> int:
@@ -360,8 +375,11 @@ class Scheduler:
 
     def died(self, container_id: str, reason: str) -> list[Decision]:
         """A ready model's container stopped outside our control: the model failed."""
+        stopping = {m for op in self.running for m in op.stopping}
         for runtime in self.models.values():
             ref = runtime.container
+            if runtime.model_id in stopping:
+                continue  # we are stopping it: its end is ours, not a death
             if ref is not None and ref.id == container_id and runtime.state in (
                     ModelState.READY, ModelState.ASLEEP):
                 runtime.state, runtime.container = ModelState.FAILED, None
@@ -441,8 +459,10 @@ class Scheduler:
         return out
 
     def _admit(self) -> None:
+        # A forced unload waiting its turn wins over new admissions: it would have to cut them.
+        forced = {m for op in self.pending if op.force for m in op.models}
         for waiter, model_id in list(self.waiters.items()):
-            if self.admissible(model_id):
+            if self.admissible(model_id) and model_id not in forced:
                 runtime = self.models[model_id]
                 runtime.in_flight += 1
                 del self.waiters[waiter]

@@ -123,14 +123,17 @@ class ActivityLog:
     # -- writing -------------------------------------------------------------------------------
 
     def add(self, row: ActivityRow) -> ActivityRow:
-        """Number the row and keep it (the SQLite write happens in the writer thread)."""
+        """Number the row and keep it in memory; ``persist`` it once it is complete."""
         row.id = self._next_id
         self._next_id += 1
         self.rows.append(row)
+        return row
+
+    def persist(self, row: ActivityRow) -> None:
+        """Queue the row for the store, when there is one (the writer thread writes it)."""
         if self._writer is not None:
             self._queued += 1
             self._writes.put(row)
-        return row
 
     def _write_loop(self) -> None:
         db = self._connect()

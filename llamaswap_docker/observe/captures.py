@@ -7,6 +7,7 @@ whole buffer is not kept. Credentials never enter it (their header values are re
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ class Capture:
                 "resp_body": self.resp_body.decode("utf-8", "replace")}
 
 
-def redact(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def redact(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
         key = name.decode("latin-1").lower()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from llamaswap_docker.observe.activity import ActivityLog, ActivityRow
 from llamaswap_docker.observe.bus import EventBus
@@ -24,6 +25,8 @@ __all__ = ["CLIENT_GONE", "FLUSH_AFTER_S", "Recorder", "Trace"]
 CLIENT_GONE = 499
 #: Seconds a finished request may wait in the queue before it becomes a row.
 FLUSH_AFTER_S = 0.2
+#: The end of a large JSON response kept for its usage object (the body is not kept).
+BODY_TAIL_BYTES = 64 * 1024
 #: Finished requests that make a batch worth processing at once.
 FLUSH_BATCH = 64
 _NO_USAGE = Usage()
@@ -43,25 +46,32 @@ class _Capture:
 class Trace:
     """One request's timings and the bytes it saw, filled in by the hop as it goes.
 
-    Kept small on purpose: the hop makes one per request, and sets its fields directly
-    (``admitted``, ``status``, ``headers``). A whole (small) body is only referenced here;
-    it is parsed for usage later, with the batch (``Recorder.flush``).
+    Kept cheap on purpose: the hop makes one per request and sets its fields directly
+    (``admitted``, ``status``, ``headers``); what it never sets is read from the class. A whole
+    (small) body is only referenced here; it is parsed for usage later, with the batch
+    (``Recorder.flush``).
     """
 
-    __slots__ = ("path", "started", "admitted", "first_byte", "status", "headers",
-                 "body_bytes", "scanner", "capture")
+    #: When the body was read and the model known: waiting for the model starts here.
+    routed: float | None = None
+    admitted: float | None = None
+    first_byte: float | None = None
+    status = 0
+    #: The response's raw headers (its content type is read from them later).
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    body_bytes: bytes | None = None
+    scanner: UsageScanner | None = None
+    capture: _Capture | None = None
+    # Set when the request ends (Recorder.finish).
+    model = ""
+    final_status = 0
+    ended = 0.0
 
     def __init__(self, path: str, capture: bool) -> None:
         self.path = path
         self.started = time.monotonic()
-        self.admitted: float | None = None
-        self.first_byte: float | None = None
-        self.status = 0
-        #: The response's raw headers (its content type is read from them later).
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body_bytes: bytes | None = None
-        self.scanner: UsageScanner | None = None
-        self.capture = _Capture() if capture else None
+        if capture:
+            self.capture = _Capture()
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         if self.capture is not None:
@@ -75,16 +85,22 @@ class Trace:
             self.capture.response_body.append(body)
 
     def chunk(self, chunk: bytes) -> None:
-        """One relayed chunk of a streamed response (scanned now: it is not kept)."""
-        if self.scanner is None:
+        """One relayed chunk of a large or streamed response (not kept whole)."""
+        if self.first_byte is None:
             self.first_byte = time.monotonic()
-            self.scanner = UsageScanner()
-        self.scanner.chunk(chunk)
+            if not self.content_type().startswith("text/event-stream"):
+                self.body_bytes = b""  # a large JSON body: its usage is in its tail
+        if self.body_bytes is not None:
+            self.body_bytes = (self.body_bytes + chunk)[-BODY_TAIL_BYTES:]
+        else:
+            if self.scanner is None:
+                self.scanner = UsageScanner()
+            self.scanner.chunk(chunk)
         if self.capture is not None:
             self.capture.response_body.append(chunk)
 
     def usage(self) -> Usage | None:
-        if self.body_bytes is not None:
+        if self.body_bytes:
             scanner = self.scanner = UsageScanner()
             scanner.body(self.body_bytes)
             self.body_bytes = None
@@ -106,7 +122,7 @@ class Recorder:
         self.metrics = metrics
         self.bus = bus
         self.captures = captures
-        self._queue: list[tuple[Trace, str, int, float]] = []
+        self._queue: list[Trace] = []
         self._timer: asyncio.Handle | None = None
 
     def trace(self, path: str) -> Trace:
@@ -116,7 +132,8 @@ class Recorder:
         """Queue a finished request (the request path's only cost of recording it)."""
         # The trace is kept as it is: parsing its usage now would cost the relay more than
         # parsing a batch of them a moment later (bench_relay).
-        self._queue.append((trace, model, status, time.monotonic()))
+        trace.model, trace.final_status, trace.ended = model, status, time.monotonic()
+        self._queue.append(trace)
         if self.bus.subscribers:  # someone watches live: no delay
             self.flush()
         elif self._timer is None:
@@ -134,12 +151,13 @@ class Recorder:
             self._timer = None
         queue, self._queue = self._queue, []
         to_wall = time.time() - time.monotonic()
-        for trace, model, status, ended in queue:
-            self._record(trace, model, status, ended, ended + to_wall)
+        for trace in queue:
+            self._record(trace, trace.model, trace.final_status, trace.ended,
+                         trace.ended + to_wall)
 
     def _record(self, trace: Trace, model: str, status: int, ended: float, wall: float) -> None:
         admitted = trace.admitted if trace.admitted is not None else ended
-        wait_s = admitted - trace.started
+        wait_s = admitted - (trace.routed if trace.routed is not None else trace.started)
         duration_s = ended - trace.started
         usage = trace.usage() or _NO_USAGE
         prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
@@ -160,12 +178,15 @@ class Recorder:
             cached_tokens=usage.cached_tokens, prompt_per_second=prompt_rate,
             tokens_per_second=token_rate,
         ))
-        self.metrics.request(model, trace.path, status, duration_s, wait_s, usage.input_tokens,
+        # /upstream/<model>/<any path>: one series, not one per path a client makes up.
+        label = "/upstream" if trace.path.startswith("/upstream/") else trace.path
+        self.metrics.request(model, label, status, duration_s, wait_s, usage.input_tokens,
                              usage.output_tokens, usage.cached_tokens)
         kept = trace.capture
         if kept is not None:
             row.has_capture = self.captures.add(Capture(
                 row.id, trace.path, redact(kept.request_headers), kept.request_body,
                 redact(trace.headers), b"".join(kept.response_body)))
+        self.activity.persist(row)
         if self.bus.subscribers:  # the row's JSON is not free: only for someone listening
             self.bus.publish("activity", row.to_json())

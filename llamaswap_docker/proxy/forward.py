@@ -312,6 +312,7 @@ async def forward(
     try:
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
+        trace.routed = time.monotonic()
         if trace.capture is not None:
             trace.request(scope["headers"], target.body)
         lease = manager.try_acquire(model_id)
@@ -323,6 +324,7 @@ async def forward(
                 try:
                     lease = await progress.wait(manager, waiting)
                 except LlamaswapError as exc:
+                    status = exc.status_code  # said in-band: the stream's 200 is long sent
                     await _end_stream(send, dialect, exc.status_code, exc.message, exc.code)
                     return
             else:
@@ -345,6 +347,7 @@ async def forward(
             message = await _failure(manager, lease, exc, "did not answer")
             if progress is None:
                 raise UpstreamUnavailable(message) from None
+            status = 502
             await _end_stream(send, dialect, 502, message, "upstream_unavailable")
             return
         await _relay(manager, lease, response, progress, dialect, send, watch, entry, trace)
@@ -421,6 +424,7 @@ async def _relay(
             except UpstreamError as exc:
                 detail = f"(and then: {exc})"
             message = f"model {lease.model_id!r} answered {response.status}: {detail}"
+            trace.status = 502
             await _end_stream(send, dialect, 502, message, "upstream_error")
             return
     else:

@@ -100,7 +100,10 @@ def claim_instance(engine: Engine, instance: str, listen: str) -> Owner:
         logger.bind(instance=instance, owner=owner.describe()).warning(
             "taking over the instance from a proxy that is gone")
         try:
-            engine.client.api.remove_volume(name)
+            # Only the dead owner's record: another proxy taking over too may have replaced it.
+            current = engine.client.volumes.get(name).attrs.get("Labels") or {}
+            if Owner.from_labels(current).token == owner.token:
+                engine.client.api.remove_volume(name)
         except docker.errors.NotFound:
             pass
     raise InstanceOwned(f"docker.instance {instance!r}: another proxy keeps claiming it")
@@ -123,14 +126,14 @@ def _record_name(instance: str) -> str:
 
 def _alive(engine: Engine, owner: Owner, me: Owner) -> bool | None:
     """True / False when we can tell; None when we cannot check from here."""
-    if owner.container:
-        if owner.container == me.container:
-            return False  # our own container's earlier process (a restart)
+    if owner.container and owner.container != me.container:
         try:
             state = engine.client.api.inspect_container(owner.container)["State"]
         except docker.errors.NotFound:
             return False
         return bool(state.get("Running"))
+    # On this machine and in this pid namespace (our own container included: an earlier
+    # process of a restarted container, or a second `docker exec`), the pid tells.
     if owner.boot and owner.boot == me.boot and owner.pidns == me.pidns:
         return bool(owner.pid) and _start_time(int(owner.pid)) == owner.pidstart != ""
     return None

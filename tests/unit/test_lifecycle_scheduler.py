@@ -120,8 +120,9 @@ class World:
                 assert models_to_evict(d.evicted_for, [d.model_id], RULES), d
             elif d.evicted_for is None:
                 assert d.model_id in self.unload_asked or d.reason.endswith(("(ttl)", "(sleepTTL)")), d
-        if isinstance(d, Start):
+        if isinstance(d, Start):  # (a model a reload removed is under no rule any more)
             occupied = [m for m, r in s.models.items() if m != d.model_id
+                        and m not in s.retired
                         and ((r.container is not None and r.state is not ModelState.ASLEEP)
                              or m in self.starting)]
             assert not models_to_evict(d.model_id, occupied, RULES), (d, occupied)
@@ -538,3 +539,45 @@ def test_unloads_stop_asleep_models_and_sleep_ttl_expires_them() -> None:
     assert stops(w) == ["v2", "v1"]  # an unload stops, it does not put to sleep
     w.stopped("v1")
     assert w.finished[op] is None
+
+
+def test_a_model_removed_by_a_reload_conflicts_with_nothing_while_it_is_unloaded() -> None:
+    w = World()
+    w.up("b")
+    w.request("b")  # in flight: its unload has to wait
+    w.scheduler.rules = load_config_text("models: {a: {image: x}, solo: {image: x}}")
+    w.apply(w.scheduler.remove_models(["b"]))
+    op = w.unload("b")
+    w.log.clear()
+    waiter = w.request("a")  # a cold start while the removed model drains
+    assert starts(w) == ["a"]
+    w.ready("a")
+    assert w.admitted[waiter] == "a"
+    w.release("b")
+    w.stopped("b")
+    assert w.finished[op] is None
+
+
+def test_stopping_an_asleep_model_is_not_taken_for_its_death() -> None:
+    w = World()
+    w.up("v1")
+    w.up("v2")
+    w.slept("v1")
+    op = w.unload("v1")
+    container = w.scheduler.models["v1"].container
+    assert container is not None
+    w.apply(w.scheduler.died(container.id, "exited with code 0"))  # the die event of our stop
+    assert not any(isinstance(d, Remove) for d in w.log) and op not in w.finished
+    w.stopped("v1")
+    assert w.finished[op] is None and w.scheduler.models["v1"].state is ModelState.STOPPED
+
+
+def test_a_forced_unload_waiting_its_turn_admits_nothing_new() -> None:
+    w = World()
+    waiter = w.request("a")  # a starts
+    op = w.unload("a", force=True)  # queued behind the start
+    w.ready("a")
+    assert waiter not in w.admitted, "admitted now, it would escape the cut"
+    w.stopped("a")
+    assert w.finished[op] is None
+    assert starts(w) == ["a", "a"]  # the waiter brings it up again afterwards

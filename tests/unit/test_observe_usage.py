@@ -1,0 +1,130 @@
+"""Token usage read from relayed bytes, and the trace/recorder bookkeeping around it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from llamaswap_docker.observe import (
+    ActivityLog,
+    Capture,
+    CaptureBuffer,
+    EventBus,
+    Metrics,
+    Recorder,
+    StateReading,
+    UsageScanner,
+)
+
+
+def sse(*events: dict) -> bytes:
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+
+
+def test_llama_server_timings_win_over_usage() -> None:
+    scanner = UsageScanner()
+    scanner.body(json.dumps({
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+        "timings": {"prompt_n": 11, "predicted_n": 22, "cache_n": 3, "prompt_per_second": 100.5,
+                    "predicted_per_second": 40.25, "prompt_ms": 110, "predicted_ms": 546},
+    }).encode())
+    usage = scanner.usage
+    assert usage is not None and usage.from_timings
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (11, 22, 3)
+    assert (usage.prompt_per_second, usage.tokens_per_second, usage.timings_ms) == (100.5, 40.25, 656)
+
+
+def test_openai_usage_with_cached_tokens() -> None:
+    scanner = UsageScanner()
+    scanner.body(json.dumps({"choices": [], "usage": {
+        "prompt_tokens": 30, "completion_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 16}}}).encode())
+    assert scanner.usage is not None
+    assert (scanner.usage.input_tokens, scanner.usage.output_tokens,
+            scanner.usage.cached_tokens) == (30, 7, 16)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 20, 33, 60, 97])
+def test_a_streamed_usage_split_anywhere_across_chunks_is_found(cut: int) -> None:
+    body = sse({"choices": [{"delta": {"content": "hi"}}]},
+               {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+    scanner = UsageScanner()
+    for start in range(0, len(body), cut):
+        scanner.chunk(body[start:start + cut])
+    assert scanner.usage is not None
+    assert (scanner.usage.input_tokens, scanner.usage.output_tokens) == (5, 9)
+
+
+def test_anthropic_stream_input_at_start_output_at_end() -> None:
+    scanner = UsageScanner()
+    scanner.chunk(b"event: message_start\n" + sse(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 12, "output_tokens": 1}}}))
+    scanner.chunk(b"event: message_delta\n" + sse(
+        {"type": "message_delta", "usage": {"output_tokens": 40}}))
+    assert scanner.usage is not None
+    assert (scanner.usage.input_tokens, scanner.usage.output_tokens) == (12, 40)
+
+
+def test_responses_api_usage_and_infill_lists() -> None:
+    scanner = UsageScanner()
+    scanner.chunk(sse({"type": "response.completed",
+                       "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}}))
+    assert scanner.usage is not None and scanner.usage.output_tokens == 4
+    infill = UsageScanner()
+    infill.body(json.dumps([{"content": "a"}, {"timings": {"prompt_n": 2, "predicted_n": 6}}]).encode())
+    assert infill.usage is not None and infill.usage.output_tokens == 6
+
+
+def test_no_usage_and_broken_json_say_nothing() -> None:
+    for body in (b'{"choices": []}', b'{"usage": {"prompt_tokens": ', b"not json"):
+        scanner = UsageScanner()
+        scanner.body(body)
+        assert scanner.usage is None or not scanner.usage.known
+
+
+def test_the_capture_buffer_keeps_the_newest_within_its_size() -> None:
+    buffer = CaptureBuffer(100)
+    for capture_id in range(5):
+        assert buffer.add(Capture(capture_id, "/p", {}, b"x" * 20, {}, b"y" * 20))
+    assert [i for i in range(5) if i in buffer] == [3, 4] and buffer.used == 80
+    assert not buffer.add(Capture(9, "/p", {}, b"x" * 101, {}, b""))  # larger than the buffer
+
+
+def recorder(captures: int = 0) -> Recorder:
+    metrics = Metrics(lambda: StateReading({}, {}, {}), ["ready"])
+    return Recorder(ActivityLog(10), metrics, EventBus(), CaptureBuffer(captures))
+
+
+def test_a_large_json_answer_relayed_in_chunks_still_gives_its_usage() -> None:
+    async def run() -> Recorder:
+        rec = recorder()
+        trace = rec.trace("/v1/embeddings")
+        trace.status, trace.headers = 200, [(b"content-type", b"application/json")]
+        body = json.dumps({"data": [{"embedding": [0.1] * 200_000}],
+                           "usage": {"prompt_tokens": 8, "total_tokens": 8}}).encode()
+        for start in range(0, len(body), 65536):
+            trace.chunk(body[start:start + 65536])
+        rec.finish(trace, "embed", 200)
+        rec.flush()
+        return rec
+
+    rec = asyncio.run(run())
+    [row] = rec.activity.rows
+    assert row.input_tokens == 8 and row.content_type == "application/json"
+
+
+def test_upstream_paths_count_as_one_series() -> None:
+    async def run() -> Recorder:
+        rec = recorder()
+        for path in ("/upstream/m/a", "/upstream/m/b", "/v1/chat/completions"):
+            trace = rec.trace(path)
+            rec.finish(trace, "m", 200)
+        rec.flush()
+        return rec
+
+    rec = asyncio.run(run())
+    assert dict(rec.metrics.requests) == {("m", "/upstream", "200"): 2,
+                                          ("m", "/v1/chat/completions", "200"): 1}
+    assert [row.path for row in rec.activity.rows][:2] == ["/upstream/m/a", "/upstream/m/b"]
