@@ -70,7 +70,11 @@ class ContainerDriver:
 
     async def call(self, what: str, function: Callable[..., T], *args: Any,
                    timeout: float = ENGINE_CALL_TIMEOUT_S) -> T:
-        """Run a blocking runtime call in a thread, bounded by ``timeout`` seconds."""
+        """Run a blocking runtime call in a thread, bounded by ``timeout`` seconds.
+
+        On a timeout the operation fails at once; the thread itself ends when docker-py's own
+        socket timeout (60 s per read) gives up on the engine.
+        """
         try:
             return await asyncio.wait_for(asyncio.to_thread(function, *args), timeout)
         except asyncio.TimeoutError:
