@@ -127,6 +127,7 @@ async def events(request: Request) -> Response:
                 pass
 
         log_buffer.subscribe(on_log)
+        getter: asyncio.Future[tuple[str, Any]] | None = None
         try:
             state.manager.publish_status(force=True)  # every subscriber starts from it all
             inflight = [entry.snapshot() for entry in state.inflight.list()]
@@ -134,21 +135,25 @@ async def events(request: Request) -> Response:
                                              "total": len(inflight), "time": time.time()}))
             yield b": connected\n\n"
             quiet = 0.0
+            # One get() at a time, kept across timeouts: cancelling it could lose an event.
             while not state.manager.should_exit:
-                try:
-                    kind, data = await asyncio.wait_for(subscription.queue.get(), SHUTDOWN_POLL_S)
-                except asyncio.TimeoutError:
+                if getter is None:
+                    getter = asyncio.ensure_future(subscription.queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
+                if not done:
                     quiet += SHUTDOWN_POLL_S
                     if quiet >= HEARTBEAT_S:
                         quiet = 0.0
                         yield b": ping\n\n"
                     continue
-                quiet = 0.0
+                (kind, data), getter, quiet = getter.result(), None, 0.0
                 if subscription.dropped:
                     dropped, subscription.dropped = subscription.dropped, 0
                     yield _sse("dropped", {"count": dropped})
                 yield _sse(kind, data)
         finally:
+            if getter is not None:
+                getter.cancel()
             log_buffer.unsubscribe(on_log)
             subscription.close()
 

@@ -99,13 +99,7 @@ def claim_instance(engine: Engine, instance: str, listen: str) -> Owner:
                 "its own docker.instance in the config")
         logger.bind(instance=instance, owner=owner.describe()).warning(
             "taking over the instance from a proxy that is gone")
-        try:
-            # Only the dead owner's record: another proxy taking over too may have replaced it.
-            current = engine.client.volumes.get(name).attrs.get("Labels") or {}
-            if Owner.from_labels(current).token == owner.token:
-                engine.client.api.remove_volume(name)
-        except docker.errors.NotFound:
-            pass
+        engine.run_sync(f"taking over instance {instance}", _remove_record, engine, name, owner)
     raise InstanceOwned(f"docker.instance {instance!r}: another proxy keeps claiming it")
 
 
@@ -120,6 +114,23 @@ def release_instance(engine: Engine, instance: str, me: Owner) -> None:
         logger.bind(instance=instance).warning("could not release the instance: {}", exc)
 
 
+def _remove_record(engine: Engine, name: str, dead: Owner) -> None:
+    """Remove the dead owner's record (only it: another proxy taking over may have replaced it)."""
+    try:
+        current = engine.client.volumes.get(name).attrs.get("Labels") or {}
+        if Owner.from_labels(current).token == dead.token:
+            engine.client.api.remove_volume(name)
+    except docker.errors.NotFound:
+        pass
+
+
+def _container_running(engine: Engine, container_id: str) -> bool:
+    try:
+        return bool(engine.client.api.inspect_container(container_id)["State"].get("Running"))
+    except docker.errors.NotFound:
+        return False
+
+
 def _record_name(instance: str) -> str:
     return f"llamaswap-owner-{instance}"
 
@@ -127,11 +138,8 @@ def _record_name(instance: str) -> str:
 def _alive(engine: Engine, owner: Owner, me: Owner) -> bool | None:
     """True / False when we can tell; None when we cannot check from here."""
     if owner.container and owner.container != me.container:
-        try:
-            state = engine.client.api.inspect_container(owner.container)["State"]
-        except docker.errors.NotFound:
-            return False
-        return bool(state.get("Running"))
+        return engine.run_sync("checking the instance's owner", _container_running, engine,
+                               owner.container)
     # On this machine and in this pid namespace (our own container included: an earlier
     # process of a restarted container, or a second `docker exec`), the pid tells.
     if owner.boot and owner.boot == me.boot and owner.pidns == me.pidns:
