@@ -130,7 +130,7 @@ class ContainerDriver:
             health_url = f"{container.base_url}{model.health_path}" if model.health_path else None
             outcome, state = await wait_until_healthy(
                 self.http, health_url, config.health_check_timeout,
-                lambda: self.call("inspecting", self.containers.state, container.id),
+                lambda: self.state(container.id),
                 abandon=abandon, headers=key_header(container),
             )
             if outcome is None:

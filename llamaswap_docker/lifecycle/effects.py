@@ -149,8 +149,8 @@ class Effects:
 
     async def stop_ref(self, ref: ContainerRef, reason: str) -> None:
         """Stop and remove a container, keeping its last output for ``logs MODEL``."""
-        manager = self._manager
-        manager.last_output[ref.model_id] = await manager.driver.stop(ref, manager.config, reason)
+        output = await self._driver.stop(ref, self._manager.config, reason)
+        self._manager.last_output[ref.model_id] = output
 
 
 def _failure_kind(error: LlamaswapError) -> str:

@@ -287,6 +287,8 @@ class Scheduler:
         if runtime is not None:
             runtime.in_flight -= 1
             runtime.last_used = now
+        if not (self.waiters or self.running or self.pending):
+            return []  # the common case on the request path: nothing waits on a release
         return self._step()
 
     def unload(self, model_ids: Iterable[str], reason: str, force: bool = False,
@@ -325,8 +327,7 @@ class Scheduler:
         if runtime is not None:
             runtime.state, runtime.container, runtime.ready_since = ModelState.STOPPED, None, None
             runtime.draining = False
-        for op in self.running:
-            op.stopping.discard(model_id)
+        self._stop_done(model_id)
         return self._step()
 
     def slept(self, model_id: str, now: float) -> list[Decision]:
@@ -334,8 +335,7 @@ class Scheduler:
         runtime = self.models[model_id]
         runtime.state, runtime.asleep_since, runtime.draining = ModelState.ASLEEP, now, False
         runtime.ready_since = None
-        for op in self.running:
-            op.stopping.discard(model_id)
+        self._stop_done(model_id)
         return self._step()
 
     def sleep_failed(self, model_id: str, reason: str) -> list[Decision]:
@@ -385,8 +385,6 @@ class Scheduler:
                 runtime.state, runtime.container = ModelState.FAILED, None
                 runtime.failure, runtime.draining = reason, False
                 self._out.append(Remove(ref, reason))
-                for op in self.running:
-                    op.stopping.discard(runtime.model_id)
         return self._step()
 
     def tick(self, now: float) -> list[Decision]:
@@ -479,9 +477,10 @@ class Scheduler:
 
     def _launch(self) -> bool:
         launched = False
-        for index, op in enumerate(list(self.pending)):
-            earlier = self.pending[:self.pending.index(op)]
-            if any(self._conflict(op, other) for other in (*self.running, *earlier)):
+        held: list[_Operation] = []  # earlier operations still queued: a later one keeps behind
+        for op in list(self.pending):
+            if any(self._conflict(op, other) for other in (*self.running, *held)):
+                held.append(op)
                 continue
             self.pending.remove(op)
             self.running.append(op)
@@ -584,6 +583,11 @@ class Scheduler:
                                                             if m != op.target)))
             return True
         return False
+
+    def _stop_done(self, model_id: str) -> None:
+        """The model's stop (or sleep) that an operation waited for is over."""
+        for op in self.running:
+            op.stopping.discard(model_id)
 
     def _end_bring_up(self, model_id: str) -> None:
         for op in [op for op in self.running if op.target == model_id and op.phase == "starting"]:

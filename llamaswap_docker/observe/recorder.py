@@ -74,6 +74,7 @@ class Trace:
             self.capture = _Capture()
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The request's bytes, kept when captures are on."""
         if self.capture is not None:
             self.capture.request_headers, self.capture.request_body = headers, body
 

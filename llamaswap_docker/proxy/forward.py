@@ -313,8 +313,7 @@ async def forward(
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
         trace.routed = time.monotonic()
-        if trace.capture is not None:
-            trace.request(scope["headers"], target.body)
+        trace.request(scope["headers"], target.body)
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
         if lease is None:  # the model must start, or is busy swapping: wait, watched
