@@ -4,10 +4,11 @@ One upstream container (Debian's nginx answering a fixed chat completion, image
 ``llamaswap/nginx-upstream:local``) is started by llamaswap-docker as a model. Three targets
 get the same keep-alive POSTs from ``wrk``, in alternating rounds so all see the same machine
 load: the container's published port (direct), nginx on the host reverse-proxying to that port
-(keep-alive upstream, buffering off, one worker like our one process), and llamaswap-docker.
+(keep-alive upstream, buffering off, one worker like our one process), and llamaswap-docker
+(and the same proxy with recording off, to show what recording costs).
 Then SSE: 64-chunk streams from the fake upstream with no token delay, direct vs through the
 proxy, first chunk and whole stream. Then the upstream-client candidates alone against the
-same upstream (why the data plane uses aiohttp).
+same upstream (why the data plane uses its own client on httptools).
 
 Needs ``wrk`` and ``nginx`` on the host (``apt-get install -y wrk nginx-light``), aiohttp
 (``pip install -e '.[bench]'``) and the local images (built when missing). Prints tables;
@@ -291,15 +292,20 @@ def main() -> int:
           f"median of {args.rounds} alternating rounds")
     baseline_proxy = (proxy_process(models, src=args.baseline_src, groups=groups)
                       if args.baseline_src else contextlib.nullcontext(None))
-    with proxy_process(models, groups=groups) as proxy, baseline_proxy as baseline:
-        for url in filter(None, (proxy, baseline)):
+    # The same code with recording off: what activity rows and counters cost the relay.
+    unrecorded_proxy = proxy_process(models, env={"LLAMASWAP_RECORDING": "false"},
+                                     groups=groups)
+    with proxy_process(models, groups=groups) as proxy, baseline_proxy as baseline, \
+            unrecorded_proxy as unrecorded:
+        for url in filter(None, (proxy, baseline, unrecorded)):
             for model in models:
                 httpx.post(f"{url}/api/models/load/{model}", timeout=60).raise_for_status()
         running = {e["model"]: e["base_url"] for e in
                    httpx.get(f"{proxy}/running", timeout=10).json()["running"]}
         direct = running["bench"]
         with host_nginx(direct.removeprefix("http://")) as nginx:
-            urls = {"direct": direct, "nginx": nginx, "llamaswap": proxy}
+            urls = {"direct": direct, "nginx": nginx, "llamaswap": proxy,
+                    "unrecorded": unrecorded}
             if baseline:
                 urls["baseline"] = baseline
             table = relay_table(urls, args.duration, args.rounds)
@@ -323,6 +329,12 @@ def main() -> int:
         added = table[("llamaswap", c)]["p50"] - table[("direct", c)]["p50"]
         print(f"{c:>4} | {cells[0]:>24} | {cells[1]:>24} | {cells[2]:>24} | {ratio:7.2f}x | "
               f"{added:+11.2f} ms")
+
+    print("\nRecording on vs off (the same code, LLAMASWAP_RECORDING=false), req/s:")
+    for c in CONCURRENCY:
+        on, off = table[("llamaswap", c)]["rps"], table[("unrecorded", c)]["rps"]
+        print(f"  c={c:<3} {on:8.0f} vs {off:8.0f}  = {on / off:5.2f}x   p50 "
+              f"{table[('llamaswap', c)]['p50']:5.2f} vs {table[('unrecorded', c)]['p50']:5.2f} ms")
 
     if baseline:
         print(f"\nThis tree vs the baseline ({args.baseline_src}), req/s:")
@@ -365,6 +377,9 @@ def main() -> int:
         ("added p50 ≤ 0.5 ms at c=1",
          table[("llamaswap", 1)]["p50"] - table[("direct", 1)]["p50"] <= 0.5),
         ("SSE first-chunk overhead ≤ 1 ms p50", overhead["first"][0] <= 1.0),
+        *((f"recording keeps ≥ 90% of the req/s at c={c}",
+           table[("llamaswap", c)]["rps"] >= 0.9 * table[("unrecorded", c)]["rps"])
+          for c in CONCURRENCY),
     ]
     print("\nTargets:")
     for label, met in checks:

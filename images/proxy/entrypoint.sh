@@ -17,6 +17,7 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         socket="${socket#unix://}"
         if [ -S "$socket" ]; then
             group="${DOCKER_GID:-$(stat -L -c %g "$socket")}"
+            origin="the group of $socket"
         elif [ -e "$socket" ]; then
             echo "llamaswap-docker: $socket is not a socket: mount the engine's socket there" \
                  "(volumes: - /var/run/docker.sock:/var/run/docker.sock)" >&2
@@ -29,8 +30,12 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         ;;
     *)
         group="${DOCKER_GID:-$RUN_UID}"  # an engine over TCP: no socket group to join
+        origin="no socket: the engine is at $DOCKER_HOST"
         ;;
 esac
+[ -n "${DOCKER_GID:-}" ] && origin="DOCKER_GID"
+# One line in `docker compose logs`: which group the server got, and from where.
+echo "llamaswap-docker: running as uid $RUN_UID, group $group ($origin)" >&2
 
 # setpriv (util-linux): drop to the user, keep only that one supplementary group, no
 # capabilities and no way to gain privileges back (setuid binaries), then become the server

@@ -28,6 +28,7 @@ from llamaswap_docker.observe import (
     EventBus,
     Metrics,
     Recorder,
+    RecordingOff,
     StateReading,
 )
 from llamaswap_docker.proxy import InFlightRequests, UpstreamClient, dialect_for_path
@@ -51,12 +52,13 @@ def new_control_client() -> httpx.AsyncClient:
 
 
 def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
-               extra_hosts: list[str] | None = None) -> ProxyApp:
+               extra_hosts: list[str] | None = None, recording: bool = True) -> ProxyApp:
     """Build the proxy app for ``config`` on a connected ``engine``: the hop for inference
     requests, FastAPI for the rest (``ProxyApp``).
 
     ``listen_host`` is the address the server binds (on loopback, foreign Host headers are
-    refused); ``extra_hosts`` are Host values allowed besides the config's ``allowedHosts``.
+    refused); ``extra_hosts`` are Host values allowed besides the config's ``allowedHosts``;
+    ``recording`` False keeps no activity (``LLAMASWAP_RECORDING``).
     """
 
     @contextlib.asynccontextmanager
@@ -70,7 +72,8 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         inflight = InFlightRequests(events)
         manager.metrics = metrics = Metrics(lambda: _gauges(manager), [s.value for s in ModelState])
         activity = ActivityLog(config.metrics_max_in_memory, config.store.path)
-        recorder = Recorder(activity, metrics, events, CaptureBuffer(config.capture_buffer << 20))
+        recorder = (Recorder if recording else RecordingOff)(
+            activity, metrics, events, CaptureBuffer(config.capture_buffer << 20))
         app.state.llamaswap = proxy.running.llamaswap = AppState(
             engine=engine, manager=manager, http=http, upstream=upstream, events=events,
             inflight=inflight, recorder=recorder)

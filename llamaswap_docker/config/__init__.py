@@ -77,7 +77,7 @@ def load_demo_config(models_dir: str | PathLike[str], real_model: str | None = N
     document = yaml.safe_load(DEMO_CONFIG_PATH.read_text())
     document["models"][REAL_MODEL_ID] = {
         "name": "Gemma 3 270M",
-        "description": "Gemma 3 270M instruct, Q4_K_M (llama.cpp, CPU): a small real model",
+        "description": "Gemma 3 270M (base), Q4_K_M (llama.cpp, CPU): a small real model",
         "image": "llamaswap/llama-server:local",
         "port": 8080,
         # A base (not instruction-tuned) model whose GGUF has no chat template: a plain

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     log_level: LogLevel | None = None  # overrides the config's logLevel
     # Comma-separated Host values served besides the config's allowedHosts (compose sets it).
     allowed_hosts: str = ""
+    # false: no activity rows, request counters or captures (privacy, or to measure what
+    # recording costs the relay: bench_relay.py).
+    recording: bool = True
 
     @field_validator("config")
     @classmethod

@@ -5,10 +5,16 @@ Rows carry llama-swap's activity fields (``id``, ``timestamp``, ``model``, ``req
 add ours: ``wait_ms`` (time waiting for the model to load or swap). With ``store.path`` every
 row is also written to a SQLite file by a thread of its own (the request path only queues
 it), and the last ``metricsMaxInMemory`` rows are read back at start.
+
+Rows are kept as plain tuples (``COLUMNS`` order) and become ``ActivityRow`` objects only when
+read: a tuple of numbers and strings costs nothing to build and is left out of the garbage
+collector's passes, which a thousand live objects would otherwise lengthen on every request
+path (bench_relay).
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import sqlite3
 import threading
@@ -21,15 +27,18 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["ActivityLog", "ActivityRow", "percentile"]
+__all__ = ["COLUMNS", "ActivityLog", "ActivityRow", "percentile"]
 
-_COLUMNS = ("id", "timestamp", "model", "path", "status", "content_type", "wait_ms",
-            "duration_ms", "input_tokens", "output_tokens", "cached_tokens",
-            "prompt_per_second", "tokens_per_second", "has_capture")
+COLUMNS = ("id", "timestamp", "model", "path", "status", "content_type", "wait_ms",
+           "duration_ms", "input_tokens", "output_tokens", "cached_tokens",
+           "prompt_per_second", "tokens_per_second", "has_capture")
+_TIMESTAMP, _MODEL = COLUMNS.index("timestamp"), COLUMNS.index("model")
 
 
 @dataclass(slots=True)
 class ActivityRow:
+    """One row, as read (fields in ``COLUMNS`` order: ``ActivityRow(*values)``)."""
+
     id: int
     timestamp: float  # epoch seconds, when the request ended
     model: str
@@ -78,14 +87,19 @@ class ActivityLog:
     """The last ``limit`` rows in memory, every row in SQLite when ``store_path`` is set."""
 
     def __init__(self, limit: int, store_path: str | None = None) -> None:
-        self.rows: deque[ActivityRow] = deque(maxlen=limit)
+        self._rows: deque[tuple[Any, ...]] = deque(maxlen=limit)
         self.store_path = Path(store_path).expanduser() if store_path else None
-        self._next_id = 1
-        self._writes: queue.SimpleQueue[ActivityRow | None] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Rows queued and rows written: a query waits until the store has what memory has.
         self._queued = self._written = 0
         self._progress = threading.Condition()
+
+    @property
+    def rows(self) -> list[ActivityRow]:
+        """The rows in memory, oldest first."""
+        return [ActivityRow(*values) for values in self._rows]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -105,9 +119,9 @@ class ActivityLog:
             db.commit()
             last = db.execute("SELECT max(id) FROM activity").fetchone()[0]
             recent = db.execute("SELECT * FROM activity ORDER BY id DESC LIMIT ?",
-                                (self.rows.maxlen or 0,)).fetchall()
-        self._next_id = (last or 0) + 1
-        self.rows.extend(_row(values) for values in reversed(recent))
+                                (self._rows.maxlen or 0,)).fetchall()
+        self._ids = itertools.count((last or 0) + 1)
+        self._rows.extend(_values(values) for values in reversed(recent))
         self._writer = threading.Thread(target=self._write_loop, name="activity-store",
                                         daemon=True)
         self._writer.start()
@@ -122,18 +136,16 @@ class ActivityLog:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add(self, row: ActivityRow) -> ActivityRow:
-        """Number the row and keep it in memory; ``persist`` it once it is complete."""
-        row.id = self._next_id
-        self._next_id += 1
-        self.rows.append(row)
-        return row
+    def next_id(self) -> int:
+        """The id of the next row (ids only grow, across restarts with a store)."""
+        return next(self._ids)
 
-    def persist(self, row: ActivityRow) -> None:
-        """Queue the row for the store, when there is one (the writer thread writes it)."""
+    def append(self, values: tuple[Any, ...]) -> None:
+        """Keep a complete row (``COLUMNS`` order) in memory, and queue it for the store."""
+        self._rows.append(values)
         if self._writer is not None:
             self._queued += 1
-            self._writes.put(row)
+            self._writes.put(values)
 
     def _write_loop(self) -> None:
         db = self._connect()
@@ -146,8 +158,8 @@ class ActivityLog:
                 if rows:
                     try:
                         db.executemany(
-                            f"INSERT OR REPLACE INTO activity VALUES ({','.join('?' * len(_COLUMNS))})",
-                            [tuple(getattr(r, c) for c in _COLUMNS) for r in rows])
+                            f"INSERT OR REPLACE INTO activity VALUES ({','.join('?' * len(COLUMNS))})",
+                            rows)
                         db.commit()
                     except sqlite3.Error as exc:
                         logger.bind(path=str(self.store_path)).error("activity store: {}", exc)
@@ -176,11 +188,11 @@ class ActivityLog:
         """
         if self.store_path is not None:
             return self._query_store(model, since, until, limit, offset)
-        matching = [r for r in reversed(self.rows)
-                    if (model is None or r.model == model)
-                    and (since is None or r.timestamp >= since)
-                    and (until is None or r.timestamp <= until)]
-        return len(matching), matching[offset:offset + limit]
+        matching = [values for values in reversed(self._rows)
+                    if (model is None or values[_MODEL] == model)
+                    and (since is None or values[_TIMESTAMP] >= since)
+                    and (until is None or values[_TIMESTAMP] <= until)]
+        return len(matching), [ActivityRow(*values) for values in matching[offset:offset + limit]]
 
     def _query_store(self, model: str | None, since: float | None, until: float | None,
                      limit: int, offset: int) -> tuple[int, list[ActivityRow]]:
@@ -199,7 +211,7 @@ class ActivityLog:
             total = db.execute(f"SELECT count(*) FROM activity{condition}", args).fetchone()[0]
             rows = db.execute(f"SELECT * FROM activity{condition} ORDER BY id DESC LIMIT ? OFFSET ?",
                               [*args, limit, offset]).fetchall()
-        return total, [_row(values) for values in rows]
+        return total, [ActivityRow(*_values(values)) for values in rows]
 
     def stats(self) -> dict[str, Any]:
         """Per model, over the rows in memory: counts, tokens, and speed and time percentiles."""
@@ -221,8 +233,8 @@ class ActivityLog:
                 "duration_ms": _spread([float(r.duration_ms) for r in rows]),
                 "wait_ms": _spread([float(r.wait_ms) for r in rows]),
             }
-        first = self.rows[0].timestamp if self.rows else None
-        return {"rows": len(self.rows), "since": first, "models": models}
+        first = self._rows[0][_TIMESTAMP] if self._rows else None
+        return {"rows": len(self._rows), "since": first, "models": models}
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:
@@ -230,7 +242,6 @@ def _spread(values: list[float]) -> dict[str, float | None]:
             for q in (50, 90, 99)}
 
 
-def _row(values: tuple[Any, ...]) -> ActivityRow:
-    data = dict(zip(_COLUMNS, values))
-    data["has_capture"] = bool(data["has_capture"])
-    return ActivityRow(**data)
+def _values(stored: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as SQLite gives it back, with ``has_capture`` a bool again."""
+    return (*stored[:-1], bool(stored[-1]))

@@ -30,18 +30,16 @@ LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 
 class _Histogram:
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
-        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.count += 1
 
     def buckets(self) -> list[tuple[str, float]]:
         out, running = [], 0
@@ -71,6 +69,8 @@ class Metrics:
         self.loads: dict[str, _Histogram] = {}
         self.swaps = 0
         self.load_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._per_model: dict[str, tuple[_Histogram, _Histogram, tuple[str, str],
+                                         tuple[str, str], tuple[str, str]]] = {}
         self._read_state = read_state
         self._state_names = tuple(model_states)
         self._registry = CollectorRegistry(auto_describe=False)
@@ -78,13 +78,25 @@ class Metrics:
 
     def request(self, model: str, path: str, status: int, duration_s: float, wait_s: float,
                 input_tokens: int, output_tokens: int, cached_tokens: int) -> None:
+        # Runs for every request (in the recorder's batches): one lookup per model for its
+        # histograms and token keys, no tuple built per token kind.
         self.requests[(model, path, str(status))] += 1
-        _histogram(self.durations, model, REQUEST_BUCKETS).observe(duration_s)
-        _histogram(self.waits, model, REQUEST_BUCKETS).observe(wait_s)
-        for kind, count in (("input", input_tokens), ("output", output_tokens),
-                            ("cached", cached_tokens)):
-            if count > 0:
-                self.tokens[(model, kind)] += count
+        per_model = self._per_model.get(model)
+        if per_model is None:
+            per_model = self._per_model[model] = (
+                _histogram(self.durations, model, REQUEST_BUCKETS),
+                _histogram(self.waits, model, REQUEST_BUCKETS),
+                (model, "input"), (model, "output"), (model, "cached"))
+        durations, waits, input_key, output_key, cached_key = per_model
+        durations.observe(duration_s)
+        waits.observe(wait_s)
+        tokens = self.tokens
+        if input_tokens > 0:
+            tokens[input_key] += input_tokens
+        if output_tokens > 0:
+            tokens[output_key] += output_tokens
+        if cached_tokens > 0:
+            tokens[cached_key] += cached_tokens
 
     def load(self, model: str, seconds: float) -> None:
         self.swaps += 1

@@ -17,9 +17,9 @@ from llamaswap_docker.observe.activity import ActivityLog, ActivityRow
 from llamaswap_docker.observe.bus import EventBus
 from llamaswap_docker.observe.captures import Capture, CaptureBuffer, redact
 from llamaswap_docker.observe.prometheus import Metrics
-from llamaswap_docker.observe.usage import Usage, UsageScanner
+from llamaswap_docker.observe.usage import UsageScanner, body_usage
 
-__all__ = ["CLIENT_GONE", "FLUSH_AFTER_S", "Recorder", "Trace"]
+__all__ = ["CLIENT_GONE", "FLUSH_AFTER_S", "Recorder", "RecordingOff", "Trace"]
 
 #: Status recorded for a request whose client left before the end (nginx's convention).
 CLIENT_GONE = 499
@@ -29,7 +29,6 @@ FLUSH_AFTER_S = 0.2
 BODY_TAIL_BYTES = 64 * 1024
 #: Finished requests that make a batch worth processing at once.
 FLUSH_BATCH = 64
-_NO_USAGE = Usage()
 
 
 class _Capture:
@@ -46,32 +45,31 @@ class _Capture:
 class Trace:
     """One request's timings and the bytes it saw, filled in by the hop as it goes.
 
-    Kept cheap on purpose: the hop makes one per request and sets its fields directly
-    (``admitted``, ``status``, ``headers``); what it never sets is read from the class. A whole
-    (small) body is only referenced here; it is parsed for usage later, with the batch
-    (``Recorder.flush``).
+    Kept cheap on purpose (slots; the hop sets ``routed``, ``admitted``, ``status`` and
+    ``headers`` directly). A whole (small) body is only referenced here: it is parsed for
+    usage later, with the batch (``Recorder.flush``).
     """
 
-    #: When the body was read and the model known: waiting for the model starts here.
-    routed: float | None = None
-    admitted: float | None = None
-    first_byte: float | None = None
-    status = 0
-    #: The response's raw headers (its content type is read from them later).
-    headers: Sequence[tuple[bytes, bytes]] = ()
-    body_bytes: bytes | None = None
-    scanner: UsageScanner | None = None
-    capture: _Capture | None = None
-    # Set when the request ends (Recorder.finish).
-    model = ""
-    final_status = 0
-    ended = 0.0
+    __slots__ = ("path", "started", "routed", "admitted", "first_byte", "status", "headers",
+                 "body_bytes", "scanner", "capture", "model", "final_status", "ended")
 
     def __init__(self, path: str, capture: bool) -> None:
         self.path = path
         self.started = time.monotonic()
-        if capture:
-            self.capture = _Capture()
+        #: When the body was read and the model known: waiting for the model starts here.
+        self.routed: float | None = None
+        self.admitted: float | None = None
+        self.first_byte: float | None = None
+        self.status = 0
+        #: The response's raw headers (its content type is read from them later).
+        self.headers: Sequence[tuple[bytes, bytes]] = ()
+        self.body_bytes: bytes | None = None
+        self.scanner: UsageScanner | None = None
+        self.capture = _Capture() if capture else None
+        # Set when the request ends (Recorder.finish).
+        self.model = ""
+        self.final_status = 0
+        self.ended = 0.0
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """The request's bytes, kept when captures are on."""
@@ -89,7 +87,7 @@ class Trace:
         """One relayed chunk of a large or streamed response (not kept whole)."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
-            if not self.content_type().startswith("text/event-stream"):
+            if not _content_type(self.headers).startswith("text/event-stream"):
                 self.body_bytes = b""  # a large JSON body: its usage is in its tail
         if self.body_bytes is not None:
             self.body_bytes = (self.body_bytes + chunk)[-BODY_TAIL_BYTES:]
@@ -100,18 +98,21 @@ class Trace:
         if self.capture is not None:
             self.capture.response_body.append(chunk)
 
-    def usage(self) -> Usage | None:
-        if self.body_bytes:
-            scanner = self.scanner = UsageScanner()
-            scanner.body(self.body_bytes)
-            self.body_bytes = None
-        return self.scanner.usage if self.scanner is not None else None
 
-    def content_type(self) -> str:
-        for name, value in self.headers:
-            if name == b"content-type":
-                return value.decode("latin-1").lower()
-        return ""
+_CONTENT_TYPES: dict[bytes, str] = {}
+
+
+def _content_type(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The response's content type, lower case ("" when it has none)."""
+    for name, value in headers:
+        if name == b"content-type":
+            found = _CONTENT_TYPES.get(value)
+            if found is None:
+                found = value.decode("latin-1").lower()
+                if len(_CONTENT_TYPES) < 256:  # the few a model server sends, remembered
+                    _CONTENT_TYPES[value] = found
+            return found
+    return ""
 
 
 class Recorder:
@@ -152,42 +153,80 @@ class Recorder:
             self._timer = None
         queue, self._queue = self._queue, []
         to_wall = time.time() - time.monotonic()
+        record = self._record
         for trace in queue:
-            self._record(trace, trace.model, trace.final_status, trace.ended,
-                         trace.ended + to_wall)
+            record(trace, to_wall)
 
-    def _record(self, trace: Trace, model: str, status: int, ended: float, wall: float) -> None:
+    def _record(self, trace: Trace, to_wall: float) -> None:
+        # Runs once per request: plain locals and one tuple, no objects kept.
+        model, status, ended, path = trace.model, trace.final_status, trace.ended, trace.path
         admitted = trace.admitted if trace.admitted is not None else ended
         wait_s = admitted - (trace.routed if trace.routed is not None else trace.started)
         duration_s = ended - trace.started
-        usage = trace.usage() or _NO_USAGE
-        prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
-        first = trace.first_byte
-        content_type = trace.content_type()
-        if not usage.from_timings and first is not None and content_type.startswith(
-                "text/event-stream"):
-            # No server timings: a stream's first byte splits prompt time from generation.
-            if usage.output_tokens > 0 and ended - first > 0:
-                token_rate = usage.output_tokens / (ended - first)
-            if usage.input_tokens > 0 and first - admitted > 0:
-                prompt_rate = usage.input_tokens / (first - admitted)
-        row = self.activity.add(ActivityRow(
-            id=0, timestamp=wall, model=model, path=trace.path, status=status,
-            content_type=content_type, wait_ms=round(wait_s * 1000),
-            duration_ms=round(max(duration_s * 1000, usage.timings_ms)),
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens, prompt_per_second=prompt_rate,
-            tokens_per_second=token_rate,
-        ))
-        # /upstream/<model>/<any path>: one series, not one per path a client makes up.
-        label = "/upstream" if trace.path.startswith("/upstream/") else trace.path
-        self.metrics.request(model, label, status, duration_s, wait_s, usage.input_tokens,
-                             usage.output_tokens, usage.cached_tokens)
+        content_type = _content_type(trace.headers)
+        if trace.body_bytes:
+            usage = body_usage(trace.body_bytes)
+        else:
+            usage = trace.scanner.usage if trace.scanner is not None else None
+        if usage is None:
+            input_tokens = output_tokens = cached_tokens = -1
+            prompt_rate = token_rate = timings_ms = -1.0
+        else:
+            input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+            cached_tokens, timings_ms = usage.cached_tokens, usage.timings_ms
+            prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
+            first = trace.first_byte
+            if not usage.from_timings and first is not None and content_type.startswith(
+                    "text/event-stream"):
+                # No server timings: a stream's first byte splits prompt time from generation.
+                if output_tokens > 0 and ended - first > 0:
+                    token_rate = output_tokens / (ended - first)
+                if input_tokens > 0 and first - admitted > 0:
+                    prompt_rate = input_tokens / (first - admitted)
+        row_id = self.activity.next_id()
         kept = trace.capture
-        if kept is not None:
-            row.has_capture = self.captures.add(Capture(
-                row.id, trace.path, redact(kept.request_headers), kept.request_body,
-                redact(trace.headers), b"".join(kept.response_body)))
-        self.activity.persist(row)
+        has_capture = kept is not None and self.captures.add(Capture(
+            row_id, path, redact(kept.request_headers), kept.request_body,
+            redact(trace.headers), b"".join(kept.response_body)))
+        values = (row_id, ended + to_wall, model, path, status, content_type,
+                  round(wait_s * 1000), round(max(duration_s * 1000, timings_ms)),
+                  input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
+                  has_capture)
+        self.activity.append(values)
+        # /upstream/<model>/<any path>: one series, not one per path a client makes up.
+        self.metrics.request(model, "/upstream" if path.startswith("/upstream/") else path,
+                             status, duration_s, wait_s, input_tokens, output_tokens,
+                             cached_tokens)
         if self.bus.subscribers:  # the row's JSON is not free: only for someone listening
-            self.bus.publish("activity", row.to_json())
+            self.bus.publish("activity", ActivityRow(*values).to_json())
+
+
+class _NoTrace(Trace):
+    """The one trace a proxy that records nothing hands every request: it keeps nothing."""
+
+    __slots__ = ()
+
+    def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        pass
+
+    def body(self, body: bytes) -> None:
+        pass
+
+    def chunk(self, chunk: bytes) -> None:
+        pass
+
+
+class RecordingOff(Recorder):
+    """Records nothing (``LLAMASWAP_RECORDING=false``): no activity rows, request counters or
+    captures; the model and load metrics the manager keeps stay."""
+
+    def __init__(self, activity: ActivityLog, metrics: Metrics, bus: EventBus,
+                 captures: CaptureBuffer) -> None:
+        super().__init__(activity, metrics, bus, captures)
+        self._trace = _NoTrace("", False)
+
+    def trace(self, path: str) -> Trace:
+        return self._trace
+
+    def finish(self, trace: Trace, model: str, status: int) -> None:
+        pass

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Usage", "UsageScanner"]
+__all__ = ["Usage", "UsageScanner", "body_usage"]
 
 #: The longest partial SSE line kept between chunks (usage lines are short).
 MAX_CARRY = 1 << 20
@@ -76,27 +76,72 @@ class Usage:
             return
         # An Anthropic stream says input tokens at the start and output tokens at the end:
         # keep what each event says, never a missing field as 0.
-        self.input_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")),
+        get = usage.get
+        count = get("prompt_tokens")
+        self.input_tokens = _int(get("input_tokens") if count is None else count,
                                  self.input_tokens)
-        self.output_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")),
+        count = get("completion_tokens")
+        self.output_tokens = _int(get("output_tokens") if count is None else count,
                                   self.output_tokens)
         self.cached_tokens = _cached(usage, self.cached_tokens)
 
 
 def _cached(usage: dict[str, Any], default: int) -> int:
+    get = usage.get
     for key in ("prompt_tokens_details", "input_tokens_details"):
-        details = usage.get(key)
-        if isinstance(details, dict) and "cached_tokens" in details:
+        details = get(key)
+        if details is not None and type(details) is dict and "cached_tokens" in details:
             return _int(details["cached_tokens"], default)
-    return _int(usage.get("cache_read_input_tokens"), default)
+    return _int(get("cache_read_input_tokens"), default)
 
 
 def _int(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    if type(value) is int:  # the usual case, checked first: this runs for every request
+        return value
+    return int(value) if isinstance(value, float) else default
 
 
 def _float(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def body_usage(body: bytes) -> Usage | None:
+    """What a whole JSON body says of its tokens (None: nothing)."""
+    at = body.rfind(b'"usage"')
+    if at >= 0 and b'"timings"' not in body:
+        # Most answers end with a flat usage object: parse only that, not the whole body.
+        start = body.find(b"{", at)
+        end = body.find(b"}", start)
+        if 0 < start < end and body.find(b"{", start + 1, end) < 0:
+            try:
+                found = orjson.loads(body[start:end + 1])
+            except orjson.JSONDecodeError:
+                found = None
+            if type(found) is dict:
+                # Flat: no details object, so cached tokens can only be Anthropic's field.
+                usage = Usage()
+                get = found.get
+                count = get("prompt_tokens")
+                usage.input_tokens = _int(get("input_tokens") if count is None else count, -1)
+                count = get("completion_tokens")
+                usage.output_tokens = _int(get("output_tokens") if count is None else count, -1)
+                usage.cached_tokens = _int(get("cache_read_input_tokens"), -1)
+                return usage
+    if at >= 0 or b'"timings"' in body:
+        return _parsed(body, None)
+    return None
+
+
+def _parsed(data: bytes, usage: Usage | None) -> Usage | None:
+    """``usage`` (made if None) with what the JSON document in ``data`` says of usage."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return usage
+    if usage is None:
+        usage = Usage()
+    usage.absorb(document)
+    return usage
 
 
 class UsageScanner:
@@ -109,33 +154,11 @@ class UsageScanner:
         self._carry = b""
 
     def _absorb(self, data: bytes) -> None:
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if self.usage is None:
-            self.usage = Usage()
-        self.usage.absorb(document)
+        self.usage = _parsed(data, self.usage)
 
     def body(self, body: bytes) -> None:
         """A whole JSON body."""
-        at = body.rfind(_MARKERS[0])
-        if at >= 0 and _MARKERS[1] not in body:
-            # Most answers end with a flat usage object: parse only that, not the whole body.
-            start = body.find(b"{", at)
-            end = body.find(b"}", start)
-            if 0 < start < end and body.find(b"{", start + 1, end) < 0:
-                try:
-                    usage = orjson.loads(body[start:end + 1])
-                except orjson.JSONDecodeError:
-                    usage = None
-                if isinstance(usage, dict):
-                    if self.usage is None:
-                        self.usage = Usage()
-                    self.usage.absorb({"usage": usage})
-                    return
-        if at >= 0 or _MARKERS[1] in body:
-            self._absorb(body)
+        self.usage = body_usage(body) or self.usage
 
     def chunk(self, chunk: bytes) -> None:
         """One chunk of an event stream."""

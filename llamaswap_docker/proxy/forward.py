@@ -393,14 +393,11 @@ async def forward(
         if lease is not None:
             lease.release()
         if model_id != "-":  # last: what it took is given back whatever recording does
-            _record(recorder, trace, model_id, status or trace.status or 500)
-
-
-def _record(recorder: Recorder, trace: Trace, model_id: str, status: int) -> None:
-    try:
-        recorder.finish(trace, model_id, status)
-    except Exception as exc:  # noqa: BLE001 - a bookkeeping bug must not fail a served request
-        logger.opt(exception=exc).bind(model=model_id).error("recording the request failed")
+            try:
+                recorder.finish(trace, model_id, status or trace.status or 500)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a request
+                logger.opt(exception=exc).bind(model=model_id).error(
+                    "recording the request failed")
 
 
 async def _relay(

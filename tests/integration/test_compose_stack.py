@@ -16,7 +16,9 @@ import pytest
 
 from tests.conftest import (
     REPO,
+    RUN_ID,
     RUN_INSTANCE,
+    TEST_RUN_LABEL,
     fake_model,
     llama_model,
     proxy_config_yaml,
@@ -27,6 +29,7 @@ from tests.conftest import (
 COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
 INSTANCE = f"{RUN_INSTANCE}-compose"
 NETWORK = f"{INSTANCE}-net"
+PROXY_IMAGE = "llamaswap/llamaswap-docker:local"
 
 
 @pytest.fixture(scope="session")
@@ -210,16 +213,25 @@ def test_compose_up_as_written_serves_the_demo_and_down_leaves_nothing(
         uid = top["Titles"].index("UID")
         servers = [row for row in top["Processes"] if "llamaswap-docker serve" in row[-1]]
         assert servers and all(row[uid] == "10001" for row in servers), top  # unprivileged
+        # The published port serves its loopback names only (a DNS-rebinding page is refused)...
+        foreign = httpx.get(f"{url}/v1/models", headers={"host": "evil.example"}, timeout=10)
+        assert foreign.status_code == 403, foreign.text
+        # ...while containers on the stack's network reach the proxy by its service name.
+        code, output = proxy.exec_run(["python3", "-c", (
+            "import urllib.request; print(urllib.request.urlopen("
+            "'http://llamaswap:8080/v1/models', timeout=10).status)")])
+        assert code == 0 and output.decode().strip() == "200", output
         print(f"compose up -> first answer: {first_answer_s:.1f}s")
     finally:
         compose(clean_compose_copy, project, "down", "-v", check=False)
-        for leftover in docker_client.containers.list(
-                all=True, filters={"label": "io.llamaswap.instance=compose-demo"}):
+        # What `down` left is judged below; removed here so a failure leaves nothing either.
+        models_left = docker_client.containers.list(
+            all=True, filters={"label": "io.llamaswap.instance=compose-demo"})
+        for leftover in models_left:
             leftover.remove(force=True)
     assert docker_client.containers.list(
         all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
-    assert docker_client.containers.list(
-        all=True, filters={"label": "io.llamaswap.instance=compose-demo"}) == []
+    assert [c.name for c in models_left] == []
     assert docker_client.networks.list(names=["llamaswap-compose"]) == []
     assert docker_client.volumes.list(
         filters={"label": f"com.docker.compose.project={project}"}) == []
@@ -262,3 +274,42 @@ def test_a_socket_the_proxy_cannot_use_ends_in_a_visible_nonzero_exit(
     finally:
         compose(clean_compose_copy, project, "down", "-v", env=env, check=False)
         listener.close()
+
+
+def run_entrypoint(docker_client: docker.DockerClient, *, volumes: dict | None = None,
+                   environment: dict | None = None) -> tuple[int, str]:
+    """The proxy image's entrypoint with ``--version`` for the server: its exit code and output."""
+    container = docker_client.containers.run(
+        PROXY_IMAGE, ["--version"], detach=True, volumes=volumes or {},
+        environment=environment or {}, labels={TEST_RUN_LABEL: RUN_ID})
+    try:
+        code = container.wait(timeout=60)["StatusCode"]
+        return code, container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+
+def test_the_entrypoint_says_which_group_it_takes_and_why_it_cannot_start(
+    images, docker_client, tmp_path: Path
+) -> None:
+    socket_path = "/var/run/docker.sock"
+    # No socket mounted: one line saying what to mount, and EX_CONFIG (78), not a crash loop
+    # of tracebacks.
+    code, output = run_entrypoint(docker_client)
+    assert code == 78 and f"no Docker socket at {socket_path}" in output, output
+    assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
+    # Something that is not a socket mounted there (a common typo: a missing host path
+    # becomes a directory).
+    code, output = run_entrypoint(docker_client, volumes={str(tmp_path): {
+        "bind": socket_path, "mode": "ro"}})
+    assert code == 78 and "is not a socket" in output, output
+    # The socket: the server joins its group, found on the socket itself...
+    mount = {"/var/run/docker.sock": {"bind": socket_path, "mode": "rw"}}
+    code, output = run_entrypoint(docker_client, volumes=mount)
+    gid = os.stat("/var/run/docker.sock").st_gid
+    assert code == 0 and f"group {gid} (the group of {socket_path})" in output, output
+    assert "llamaswap-docker " in output  # the server ran (its --version)
+    # ...unless DOCKER_GID says otherwise.
+    code, output = run_entrypoint(docker_client, volumes=mount,
+                                  environment={"DOCKER_GID": "4242"})
+    assert code == 0 and "group 4242 (DOCKER_GID)" in output, output

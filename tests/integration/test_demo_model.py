@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llamaswap_docker.config import REAL_MODEL_ID, load_demo_config
+from llamaswap_docker.config import REAL_MODEL_ID, Settings, load_demo_config
 from llamaswap_docker.demomodel import ensure_real_model
+from llamaswap_docker.server import load_serving_config
 from tests.conftest import LLAMA_SERVER_IMAGE
 
 
@@ -22,9 +23,16 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_serve_without_a_config_offers_the_real_model_next_to_the_small_ones(real_model) -> None:
-    config = load_demo_config(real_model.parent, real_model.name)
+def test_serve_without_a_config_offers_the_real_model_next_to_the_small_ones(
+    real_model, monkeypatch
+) -> None:
+    # What `serve` with no config loads: the demo, from its models folder (assembled there once).
+    monkeypatch.setenv("LLAMASWAP_DEMO_DIR", str(real_model.parent))
+    monkeypatch.delenv("LLAMASWAP_CONFIG", raising=False)
+    config, source = load_serving_config(Settings())
+    assert source == "built-in demo config with a real model"
     assert set(config.models) == {"tiny-llama", "fake-vllm", REAL_MODEL_ID}
+    assert (real_model.parent / "tiny.gguf").exists()
     gemma = config.models[REAL_MODEL_ID]
     assert f"/models/{real_model.name}" in gemma.cmd
     assert gemma.volumes[0].startswith(f"{real_model.parent}:/models")

@@ -41,7 +41,8 @@ def proxy(start_proxy):
     return start_proxy(
         {
             "a": fake_model("--model-name", "a"),
-            "b": fake_model("--model-name", "b"),
+            # b takes larger bodies than the global limit (a per-model override).
+            "b": fake_model("--model-name", "b", maxRequestBodySize=2 * LIMIT),
             "slow-start": fake_model("--load-delay", "3"),
             "slow-answer": fake_model("--tokens", "40", "--token-rate", "10"),
             "hangs": fake_model("--hang"),
@@ -142,17 +143,20 @@ def test_malformed_bodies_get_400_in_the_callers_dialect(proxy, errors_logged) -
                                                           content_type), body)
         assert_openai_error(status, answer, 400, case)
         assert_nothing_held(proxy.url, case)
+        assert_swap_completes(proxy.url, case)
     # A file upload whose multipart boundary never appears: no model field to be found.
     status, _, answer = raw_http(proxy.url, post_head(
         "/v1/audio/transcriptions", len(boundary_missing),
         "multipart/form-data; boundary=not-in-the-body"), boundary_missing)
     assert_openai_error(status, answer, 400, "boundary never appears")
     assert_nothing_held(proxy.url, "boundary never appears")
+    assert_swap_completes(proxy.url, "boundary never appears")
     # Anthropic's clients get Anthropic's shape.
     status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 5), b"[1,2]")
     assert status == 400 and json.loads(answer)["type"] == "error", answer
+    assert_nothing_held(proxy.url, "Anthropic array")
+    assert_swap_completes(proxy.url, "Anthropic array")
     assert errors_logged == []
-    assert_swap_completes(proxy.url, "malformed bodies")
 
 
 def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, errors_logged) -> None:
@@ -168,13 +172,17 @@ def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, erro
         seen = httpx.get(f"{base}/debug/stats", timeout=5).json()["last_headers"]["x-note"]
         assert seen.encode("latin-1") == value  # the fake reads header bytes as Latin-1
         assert_nothing_held(proxy.url, f"header {value!r}")
+        assert_swap_completes(proxy.url, f"header {value!r}")
+        base = proxy.manager.models["a"].container.base_url  # a new container after the swap
 
-    # Control bytes: refused (by the HTTP parser, or by the hop) — never a 500, nothing held.
+    # Control bytes: refused by the HTTP parser, before any route runs — still a 400 in
+    # OpenAI's shape (the only dialect known before the request line is parsed).
     for value in (b"a\x01b", b"a\x7fb", b"a\x00b"):
         status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions", len(body),
                                                           extra=b"X-Note: " + value + b"\r\n"), body)
-        assert 400 <= status < 500, (value, status, answer[:300])
+        assert_openai_error(status, answer, 400, f"header {value!r}")
         assert_nothing_held(proxy.url, f"header {value!r}")
+        assert_swap_completes(proxy.url, f"header {value!r}")
 
     # %00 and %2F in /upstream paths reach the model server as written; its 404 is relayed.
     for path in ("/upstream/a/a%2Fb%00", "/upstream/a/%2e%2e/%00", "/upstream/a/x%zz?q=%00"):
@@ -183,11 +191,33 @@ def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, erro
         assert status == 404, (path, status, answer[:300])
         assert path.removeprefix("/upstream/a").split("?")[0] in answer.decode(), answer
         assert_nothing_held(proxy.url, path)
+        assert_swap_completes(proxy.url, path)
     status, _, answer = raw_http(
         proxy.url, b"GET /upstream/nope/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert_openai_error(status, answer, 404, "unknown model in /upstream")
+    assert_nothing_held(proxy.url, "unknown model in /upstream")
+    assert_swap_completes(proxy.url, "unknown model in /upstream")
     assert errors_logged == []
-    assert_swap_completes(proxy.url, "odd headers and paths")
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Leave with a reset, as a killed client does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def wait_for(url: str, model: str, what: str, case: str) -> None:
+    """Until ``/running`` shows ``what`` (``in_flight`` or ``waiting``) ≥ 1 for ``model``:
+    the client leaves at the stage the case names, not before it."""
+    deadline = time.monotonic() + 10
+    while not (running(url)[model].get(what) or 0) >= 1:
+        assert time.monotonic() < deadline, f"{case}: {model} never showed {what}"
+        time.sleep(0.02)
 
 
 def test_clients_leaving_at_every_stage_release_the_model(proxy, errors_logged) -> None:
@@ -197,27 +227,36 @@ def test_clients_leaving_at_every_stage_release_the_model(proxy, errors_logged) 
     # Mid-body: 10 of 1,000 promised bytes, then gone.
     raw_http(proxy.url, post_head("/v1/chat/completions", 1000), body[:10], close_after=0.3)
     assert_nothing_held(proxy.url, "mid-body")
+    assert_swap_completes(proxy.url, "mid-body")
 
     # While its cold model starts (3 s load): the queued request is dropped.
     slow = chat_body("slow-start")
-    raw_http(proxy.url, post_head("/v1/chat/completions", len(slow)), slow, close_after=0.5)
+    sock = connect(proxy.url)
+    sock.sendall(post_head("/v1/chat/completions", len(slow)) + slow)
+    wait_for(proxy.url, "slow-start", "waiting", "waiting for a cold model")
+    hang_up(sock)
     assert_nothing_held(proxy.url, "waiting for a cold model")
+    assert_swap_completes(proxy.url, "waiting for a cold model")
 
     # While waiting for upstream headers (a non-streamed answer that never comes).
     hang = chat_body("hangs")
-    raw_http(proxy.url, post_head("/v1/chat/completions", len(hang)), hang, close_after=2.0)
+    sock = connect(proxy.url)
+    sock.sendall(post_head("/v1/chat/completions", len(hang)) + hang)
+    wait_for(proxy.url, "hangs", "in_flight", "waiting for upstream headers")
+    time.sleep(0.3)  # the request is at the model server, its answer pending
+    hang_up(sock)
     assert_nothing_held(proxy.url, "waiting for upstream headers")
-    hangs_url = proxy.manager.models["hangs"].container
-    assert hangs_url is None or httpx.get(
-        f"{hangs_url.base_url}/debug/stats", timeout=5).json()["in_flight"] == 0
+    hangs = proxy.manager.models["hangs"].container
+    assert hangs is None or httpx.get(
+        f"{hangs.base_url}/debug/stats", timeout=5).json()["in_flight"] == 0
+    assert_swap_completes(proxy.url, "waiting for upstream headers")
 
     # Mid-stream: read the first chunk of a slow stream, then gone.
     stream = chat_body("slow-answer", stream=True, max_tokens=40)
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(post_head("/v1/chat/completions", len(stream)) + stream)
-        assert b"200" in sock.recv(65536).split(b"\r\n")[0]
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock = connect(proxy.url)
+    sock.sendall(post_head("/v1/chat/completions", len(stream)) + stream)
+    assert b"200" in sock.recv(65536).split(b"\r\n")[0]
+    hang_up(sock)
     assert_nothing_held(proxy.url, "mid-stream")
     slow_answer = proxy.manager.models["slow-answer"].container
     deadline = time.monotonic() + 5
@@ -227,32 +266,55 @@ def test_clients_leaving_at_every_stage_release_the_model(proxy, errors_logged) 
             assert stats["cancelled_streams"] >= 1, stats
             break
         time.sleep(0.1)
+    assert_swap_completes(proxy.url, "mid-stream")
     assert errors_logged == []
-    assert_swap_completes(proxy.url, "clients leaving")
+
+
+def padded_chat(model: str, size: int) -> bytes:
+    """A valid chat request of about ``size`` bytes."""
+    return chat_body(model, user="x" * size)
 
 
 def test_oversized_bodies_get_413_before_the_body_is_read(proxy, errors_logged) -> None:
     httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
+
+    def refused(case: str, status: int, answer: bytes, check: Any = None) -> None:
+        (check or (lambda: assert_openai_error(status, answer, 413, case)))()
+        assert_nothing_held(proxy.url, case)
+        assert_swap_completes(proxy.url, case)
+
     # Declared: answered from the headers alone, while the body is still unsent.
     status, headers, answer = raw_http(proxy.url, post_head("/v1/chat/completions", 50 * LIMIT))
-    assert_openai_error(status, answer, 413, "declared too large")
+    refused("declared too large", status, answer)
     assert "maxRequestBodySize" in json.loads(answer)["error"]["message"]
     status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 50 * LIMIT))
+    refused("declared too large, Anthropic", status, answer, lambda: None)
     assert status == 413 and json.loads(answer)["error"]["type"] == "request_too_large"
     # Chunked: refused once the bytes received cross the limit.
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     piece = b"x" * 65536
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(20)) + b"0\r\n\r\n"
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(40)) + b"0\r\n\r\n"
     status, _, answer = raw_http(proxy.url, head, chunked)
-    assert_openai_error(status, answer, 413, "chunked too large")
+    refused("chunked too large", status, answer)
     # The same limit bounds /upstream bodies; a body under it is served.
     status, _, answer = raw_http(proxy.url, post_head("/upstream/a/v1/chat/completions",
                                                       2 * LIMIT))
-    assert_openai_error(status, answer, 413, "upstream too large")
+    refused("upstream too large", status, answer)
     small = chat_body("a")
     status, _, _ = raw_http(proxy.url, post_head("/v1/chat/completions", len(small)), small)
     assert status == 200
-    assert_nothing_held(proxy.url, "oversized")
+
+    # A per-model override: b takes 2 MiB, a keeps the global 1 MiB.
+    big = padded_chat("b", LIMIT + LIMIT // 2)
+    status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions", len(big)), big)
+    assert status == 200, answer[:300]
+    too_big_for_a = padded_chat("a", LIMIT + LIMIT // 2)
+    status, _, answer = raw_http(proxy.url, post_head("/v1/chat/completions",
+                                                      len(too_big_for_a)), too_big_for_a)
+    refused("over a's limit, under b's", status, answer)
+    assert "model 'a'" in json.loads(answer)["error"]["message"]
+    status, _, answer = raw_http(proxy.url, post_head("/upstream/b/v1/chat/completions",
+                                                      3 * LIMIT))
+    refused("declared over b's limit", status, answer)
     assert errors_logged == []
-    assert_swap_completes(proxy.url, "oversized bodies")

@@ -133,3 +133,26 @@ def test_models_answer_only_the_proxy_also_after_a_restart_with_adoption(
 
 def json_text(url: str, path: str) -> str:
     return httpx.get(f"{url}{path}", timeout=10).text
+
+
+def test_serve_and_every_reload_say_what_the_config_gives_the_host(proxy_processes) -> None:
+    import signal
+    import time
+
+    # Never started here: the warning is about the config, said before anything runs.
+    risky = fake_model(docker={"privileged": True}, unlisted=True)
+    process = proxy_processes({"fake": fake_model(), "risky": risky})
+
+    def warnings() -> list[str]:
+        return [line for line in process.log().splitlines()
+                if "config gives the host away" in line]
+
+    [line] = warnings()
+    assert "the container runs privileged" in line and "models.risky.docker.privileged" in line
+    assert str(process.config_path) in line  # file (and line) named, as `config check` does
+    process.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while len(warnings()) < 2:
+        assert time.monotonic() < deadline, process.log()[-2000:]
+        time.sleep(0.1)
+    assert httpx.get(f"{process.url}/health", timeout=5).status_code == 200  # said, not refused

@@ -128,3 +128,28 @@ def test_upstream_paths_count_as_one_series() -> None:
     assert dict(rec.metrics.requests) == {("m", "/upstream", "200"): 2,
                                           ("m", "/v1/chat/completions", "200"): 1}
     assert [row.path for row in rec.activity.rows][:2] == ["/upstream/m/a", "/upstream/m/b"]
+
+
+def test_recording_off_keeps_nothing_of_any_request(monkeypatch) -> None:
+    from llamaswap_docker.config import load_settings
+    from llamaswap_docker.observe import RecordingOff
+
+    monkeypatch.setenv("LLAMASWAP_RECORDING", "false")
+    assert load_settings().recording is False
+
+    async def run() -> Recorder:
+        metrics = Metrics(lambda: StateReading({}, {}, {}), ["ready"])
+        rec = RecordingOff(ActivityLog(10), metrics, EventBus(), CaptureBuffer(1 << 20))
+        for path in ("/v1/chat/completions", "/v1/embeddings"):
+            trace = rec.trace(path)
+            trace.request([(b"authorization", b"Bearer secret")], b'{"model": "m"}')
+            trace.status, trace.headers = 200, [(b"content-type", b"text/event-stream")]
+            trace.chunk(b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n')
+            trace.body(b'{"usage": {"prompt_tokens": 3}}')
+            rec.finish(trace, "m", 200)
+        rec.flush()
+        return rec
+
+    rec = asyncio.run(run())
+    assert rec.activity.rows == [] and not rec.metrics.requests and not rec.metrics.tokens
+    assert rec.captures.get(1) is None
