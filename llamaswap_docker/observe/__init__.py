@@ -12,5 +12,6 @@ from llamaswap_docker.observe.usage import Usage, UsageScanner
 
 __all__ = [
     "CLIENT_GONE", "ActivityLog", "ActivityRow", "Capture", "CaptureBuffer", "EventBus",
-    "Metrics", "Recorder", "RecordingOff", "StateReading", "Subscription", "Trace", "Usage", "UsageScanner",
+    "Metrics", "Recorder", "RecordingOff", "StateReading", "Subscription", "Trace", "Usage",
+    "UsageScanner",
 ]

@@ -7,9 +7,8 @@ row is also written to a SQLite file by a thread of its own (the request path on
 it), and the last ``metricsMaxInMemory`` rows are read back at start.
 
 Rows are kept as plain tuples (``COLUMNS`` order) and become ``ActivityRow`` objects only when
-read: a tuple of numbers and strings costs nothing to build and is left out of the garbage
-collector's passes, which a thousand live objects would otherwise lengthen on every request
-path (bench_relay).
+read: a tuple of numbers and strings is cheap to build and, once the garbage collector has seen
+it, left out of its passes (a thousand live row objects would lengthen every one).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the hop tells about each request (``Trace``) and where it goes when it ends
 (``Recorder``): the activity log, the Prometheus counters, captures and live events.
 
-The request path only queues a finished trace (a tuple append); turning traces into rows,
+The request path only queues a finished trace (a list append); turning traces into rows,
 counters and captures happens in batches, a moment later or as soon as anyone reads them
 (``flush``): in a tight loop that work costs a fraction of what it costs spread between
 requests, and the relay keeps its throughput (README: benchmarks).
