@@ -140,7 +140,7 @@ class Recorder:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
-        elif len(self._queue) >= FLUSH_BATCH:
+        elif len(self._queue) == FLUSH_BATCH:  # once per batch, however many end at once
             # Small batches: the traces waiting stay few (and their memory warm).
             self._timer.cancel()
             self._timer = asyncio.get_running_loop().call_soon(self.flush)
