@@ -18,6 +18,7 @@ proxy begins to shut down, so a follower does not hold up the graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,7 +33,7 @@ from llamaswap_docker.api.errors import error_response
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 
-__all__ = ["router"]
+__all__ = ["IDLE", "STREAM_HEADERS", "ClosingStreamingResponse", "queued", "router"]
 
 #: Items a stream may hold for a slow reader before it drops lines.
 STREAM_QUEUE_LIMIT = 10_000
@@ -41,7 +42,7 @@ SHUTDOWN_POLL_S = 0.5
 #: Seconds before following a container's output again after the engine ended the stream.
 REFOLLOW_INTERVAL_S = 1.0
 #: Headers that keep reverse proxies (nginx) from buffering a live stream.
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TEXT = "text/plain; charset=utf-8"
 
 T = TypeVar("T")
@@ -86,24 +87,37 @@ class _Feed(Generic[T]):
 
     async def __aiter__(self) -> AsyncIterator[T]:
         """Items until ``end()``, or until ``stop()`` turns true (checked before every item)."""
-        # One get() at a time, kept across timeouts: cancelling it could lose an item.
-        getter: asyncio.Future[Any] | None = None
-        try:
-            while not self._stop():
-                if getter is None:
-                    getter = asyncio.ensure_future(self._queue.get())
-                done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
-                if not done:
-                    if self._stop():
-                        return
-                    continue
-                item, getter = getter.result(), None
+        async with contextlib.aclosing(queued(self._queue, self._stop)) as items:
+            async for item in items:
                 if item is self._END:
                     return
-                yield item
-        finally:
-            if getter is not None:
-                getter.cancel()
+                if item is not IDLE:
+                    yield item
+
+
+#: What ``queued`` yields after each quiet ``SHUTDOWN_POLL_S``.
+IDLE: Any = object()
+
+
+async def queued(queue: asyncio.Queue[Any], stop: Callable[[], bool]) -> AsyncIterator[Any]:
+    """The items of ``queue`` as they come, and ``IDLE`` after every quiet ``SHUTDOWN_POLL_S``,
+    until ``stop()`` turns true (checked before every item). Close it (``aclosing``) when done.
+    """
+    # One get() at a time, kept across timeouts: cancelling it could lose an item.
+    getter: asyncio.Future[Any] | None = None
+    try:
+        while not stop():
+            if getter is None:
+                getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
+            if not done:
+                yield IDLE
+                continue
+            item, getter = getter.result(), None
+            yield item
+    finally:
+        if getter is not None:
+            getter.cancel()
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -169,7 +183,7 @@ async def logs_stream(request: Request, tail: TailQuery = -1) -> StreamingRespon
         finally:
             log_buffer.unsubscribe(feed.push)
 
-    return ClosingStreamingResponse(lines(), media_type=_TEXT, headers=_STREAM_HEADERS)
+    return ClosingStreamingResponse(lines(), media_type=_TEXT, headers=STREAM_HEADERS)
 
 
 @router.get("/logs/stream/{model:path}", response_class=StreamingResponse,
@@ -210,7 +224,7 @@ async def model_logs_stream(
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_logs, container.id, tail)
     body = _follow(containers, container.id, stream, model_id, _shutting_down(request))
-    return ClosingStreamingResponse(body, media_type=_TEXT, headers=_STREAM_HEADERS)
+    return ClosingStreamingResponse(body, media_type=_TEXT, headers=STREAM_HEADERS)
 
 
 def _shutting_down(request: Request) -> Callable[[], bool]:

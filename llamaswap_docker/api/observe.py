@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -21,7 +22,13 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
 from llamaswap_docker.api.errors import error_response
-from llamaswap_docker.api.logs import ClosingStreamingResponse
+from llamaswap_docker.api.logs import (
+    IDLE,
+    SHUTDOWN_POLL_S,
+    STREAM_HEADERS,
+    ClosingStreamingResponse,
+    queued,
+)
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 from llamaswap_docker.observe.prometheus import CONTENT_TYPE
@@ -30,8 +37,6 @@ __all__ = ["router"]
 
 #: Seconds between heartbeats on a quiet event stream (proxies close idle connections).
 HEARTBEAT_S = 15.0
-#: Seconds between checks, on a quiet stream, whether the proxy is shutting down.
-SHUTDOWN_POLL_S = 0.5
 
 router = APIRouter(tags=["observability"])
 
@@ -127,7 +132,6 @@ async def events(request: Request) -> Response:
                 pass
 
         log_buffer.subscribe(on_log)
-        getter: asyncio.Future[tuple[str, Any]] | None = None
         try:
             state.manager.publish_status(force=True)  # every subscriber starts from it all
             inflight = [entry.snapshot() for entry in state.inflight.list()]
@@ -135,30 +139,26 @@ async def events(request: Request) -> Response:
                                              "total": len(inflight), "time": time.time()}))
             yield b": connected\n\n"
             quiet = 0.0
-            # One get() at a time, kept across timeouts: cancelling it could lose an event.
-            while not state.manager.should_exit:
-                if getter is None:
-                    getter = asyncio.ensure_future(subscription.queue.get())
-                done, _ = await asyncio.wait({getter}, timeout=SHUTDOWN_POLL_S)
-                if not done:
-                    quiet += SHUTDOWN_POLL_S
-                    if quiet >= HEARTBEAT_S:
-                        quiet = 0.0
-                        yield b": ping\n\n"
-                    continue
-                (kind, data), getter, quiet = getter.result(), None, 0.0
-                if subscription.dropped:
-                    dropped, subscription.dropped = subscription.dropped, 0
-                    yield _sse("dropped", {"count": dropped})
-                yield _sse(kind, data)
+            async with contextlib.aclosing(queued(subscription.queue,
+                                                  lambda: state.manager.should_exit)) as events:
+                async for event in events:
+                    if event is IDLE:
+                        quiet += SHUTDOWN_POLL_S
+                        if quiet >= HEARTBEAT_S:
+                            quiet = 0.0
+                            yield b": ping\n\n"
+                        continue
+                    (kind, data), quiet = event, 0.0
+                    if subscription.dropped:
+                        dropped, subscription.dropped = subscription.dropped, 0
+                        yield _sse("dropped", {"count": dropped})
+                    yield _sse(kind, data)
         finally:
-            if getter is not None:
-                getter.cancel()
             log_buffer.unsubscribe(on_log)
             subscription.close()
 
-    return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ClosingStreamingResponse(stream(), media_type="text/event-stream",
+                                    headers=STREAM_HEADERS)
 
 
 def _sse(kind: str, data: Any) -> bytes:
