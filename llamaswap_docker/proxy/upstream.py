@@ -341,15 +341,11 @@ class UpstreamResponse:
         self._closed = False
 
     @property
-    def content_type(self) -> str:
+    def is_event_stream(self) -> bool:
         for name, value in self.raw_headers:
             if name == b"content-type":
-                return value.decode("latin-1").lower()
-        return ""
-
-    @property
-    def is_event_stream(self) -> bool:
-        return self.content_type.startswith("text/event-stream")
+                return value.lower().startswith(b"text/event-stream")
+        return False
 
     @property
     def small(self) -> bool:
