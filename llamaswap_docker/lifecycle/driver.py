@@ -247,9 +247,9 @@ class ContainerDriver:
         adopt: dict[str, tuple[ContainerRef, bool]] = {}
         for ref in await self.call("listing containers", self.containers.list_owned):
             log = logger.bind(container=ref.name, model=ref.model_id)
-            refusal = await self.adoption_refusal(ref, config)
-            if refusal is None and ref.model_id in adopt:
-                refusal = "duplicate container for the model"
+            # A duplicate is refused before its health is asked: it goes either way.
+            refusal = ("duplicate container for the model" if ref.model_id in adopt
+                       else await self.adoption_refusal(ref, config))
             asleep = False
             if refusal is None and config.models[ref.model_id].sleep_mode:
                 try:

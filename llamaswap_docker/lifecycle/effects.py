@@ -16,7 +16,6 @@ from loguru import logger
 
 from llamaswap_docker.errors import (
     EngineError,
-    EngineUnreachable,
     ImageNotFound,
     ImagePullFailed,
     LlamaswapError,
@@ -157,7 +156,7 @@ def _failure_kind(error: LlamaswapError) -> str:
     """A load failure's ``reason`` label: a few kinds, never a free-form message."""
     if isinstance(error, (ImageNotFound, ImagePullFailed)):
         return "image"
-    if isinstance(error, (EngineError, EngineUnreachable)):
+    if isinstance(error, EngineError):  # unreachable engines included (a subclass)
         return "engine"
     if "did not pass its health check" in error.message:
         return "health_timeout"

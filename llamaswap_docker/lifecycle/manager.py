@@ -55,7 +55,6 @@ class ModelManager:
         self.last_output: dict[str, LastOutput] = {}
         self._published: tuple[tuple[str, str, str | None], ...] = ()
         self.containers = containers
-        self.http = http
         self.driver = ContainerDriver(containers, http)
         self.scheduler = Scheduler(config.models, config)
         self._futures: dict[int, asyncio.Future[Any]] = {}

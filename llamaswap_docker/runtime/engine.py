@@ -1,13 +1,13 @@
 """``Engine``: the one docker-py client, run in worker threads, with errors translated once.
 
-docker-py is blocking; every call goes through ``Engine.run`` (a worker thread) so the event
-loop never waits on the socket. ``docker.errors`` never escape this package: they become the
+docker-py is blocking; every call goes through ``Engine.run_sync`` in a worker thread (the
+lifecycle's ``ContainerDriver.call``, under a deadline) so the event loop never waits on the
+socket. ``docker.errors`` never escape this package: they become the
 ``LlamaswapError`` subclasses in ``llamaswap_docker.errors``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -102,17 +102,9 @@ class Engine:
             client.ping()
         return cls(client)
 
-    async def run(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking docker-py call in a worker thread, translating its errors."""
-
-        def call() -> T:
-            with translate_errors(action):
-                return function(*args, **kwargs)
-
-        return await asyncio.to_thread(call)
-
     def run_sync(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """The same, for code already in a worker thread (or the CLI)."""
+        """Run a blocking docker-py call, translating its errors (call it in a worker thread:
+        ``ContainerDriver.call``, or from the CLI)."""
         with translate_errors(action):
             return function(*args, **kwargs)
 

@@ -105,20 +105,17 @@ def claim_instance(engine: Engine, instance: str, listen: str) -> Owner:
 
 def release_instance(engine: Engine, instance: str, me: Owner) -> None:
     """Give the instance up (on a graceful shutdown), if the record is still ours."""
-    name = _record_name(instance)
     try:
-        volume = engine.client.volumes.get(name)
-        if Owner.from_labels(volume.attrs.get("Labels") or {}).token == me.token:
-            volume.remove()
+        _remove_record(engine, _record_name(instance), me)
     except docker.errors.DockerException as exc:
         logger.bind(instance=instance).warning("could not release the instance: {}", exc)
 
 
-def _remove_record(engine: Engine, name: str, dead: Owner) -> None:
-    """Remove the dead owner's record (only it: another proxy taking over may have replaced it)."""
+def _remove_record(engine: Engine, name: str, owner: Owner) -> None:
+    """Remove ``owner``'s record, and only it: another proxy may have replaced it since."""
     try:
         current = engine.client.volumes.get(name).attrs.get("Labels") or {}
-        if Owner.from_labels(current).token == dead.token:
+        if Owner.from_labels(current).token == owner.token:
             engine.client.api.remove_volume(name)
     except docker.errors.NotFound:
         pass
