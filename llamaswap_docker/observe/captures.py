@@ -71,6 +71,3 @@ class CaptureBuffer:
 
     def get(self, capture_id: int) -> Capture | None:
         return self._items.get(capture_id)
-
-    def __contains__(self, capture_id: int) -> bool:
-        return capture_id in self._items

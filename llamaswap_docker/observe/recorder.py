@@ -51,7 +51,7 @@ class Trace:
     """
 
     __slots__ = ("path", "started", "routed", "admitted", "first_byte", "status", "headers",
-                 "body_bytes", "scanner", "capture", "model", "final_status", "ended")
+                 "body_bytes", "scanner", "capture", "model", "ended")
 
     def __init__(self, path: str, capture: bool) -> None:
         self.path = path
@@ -60,6 +60,7 @@ class Trace:
         self.routed: float | None = None
         self.admitted: float | None = None
         self.first_byte: float | None = None
+        #: The status the request ended with (the hop sets it as it goes; 0: none yet).
         self.status = 0
         #: The response's raw headers (its content type is read from them later).
         self.headers: Sequence[tuple[bytes, bytes]] = ()
@@ -68,7 +69,6 @@ class Trace:
         self.capture = _Capture() if capture else None
         # Set when the request ends (Recorder.finish).
         self.model = ""
-        self.final_status = 0
         self.ended = 0.0
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -130,11 +130,11 @@ class Recorder:
     def trace(self, path: str) -> Trace:
         return Trace(path, self.captures.enabled)
 
-    def finish(self, trace: Trace, model: str, status: int) -> None:
+    def finish(self, trace: Trace, model: str) -> None:
         """Queue a finished request (the request path's only cost of recording it)."""
         # The trace is kept as it is: parsing its usage now would cost the relay more than
         # parsing a batch of them a moment later (bench_relay).
-        trace.model, trace.final_status, trace.ended = model, status, time.monotonic()
+        trace.model, trace.ended = model, time.monotonic()
         self._queue.append(trace)
         if self.bus.subscribers:  # someone watches live: no delay
             self.flush()
@@ -159,7 +159,7 @@ class Recorder:
 
     def _record(self, trace: Trace, to_wall: float) -> None:
         # Runs once per request: plain locals and one tuple, no objects kept.
-        model, status, ended, path = trace.model, trace.final_status, trace.ended, trace.path
+        model, status, ended, path = trace.model, trace.status or 500, trace.ended, trace.path
         admitted = trace.admitted if trace.admitted is not None else ended
         wait_s = admitted - (trace.routed if trace.routed is not None else trace.started)
         duration_s = ended - trace.started
@@ -228,5 +228,5 @@ class RecordingOff(Recorder):
     def trace(self, path: str) -> Trace:
         return self._trace
 
-    def finish(self, trace: Trace, model: str, status: int) -> None:
+    def finish(self, trace: Trace, model: str) -> None:
         pass

@@ -36,10 +36,6 @@ class Usage:
         self.timings_ms = -1.0
         self.from_timings = False
 
-    @property
-    def known(self) -> bool:
-        return self.input_tokens >= 0 or self.output_tokens >= 0
-
     def absorb(self, document: Any) -> None:
         """Take what a JSON document (a body, or one SSE event) says of usage."""
         if isinstance(document, list):  # /infill answers a list; the last item has timings
@@ -107,8 +103,8 @@ def _float(value: Any, default: float) -> float:
 
 def body_usage(body: bytes) -> Usage | None:
     """What a whole JSON body says of its tokens (None: nothing)."""
-    at = body.rfind(b'"usage"')
-    if at >= 0 and b'"timings"' not in body:
+    at = body.rfind(_MARKERS[0])
+    if at >= 0 and _MARKERS[1] not in body:
         # Most answers end with a flat usage object: parse only that, not the whole body.
         start = body.find(b"{", at)
         end = body.find(b"}", start)
@@ -118,16 +114,10 @@ def body_usage(body: bytes) -> Usage | None:
             except orjson.JSONDecodeError:
                 found = None
             if type(found) is dict:
-                # Flat: no details object, so cached tokens can only be Anthropic's field.
                 usage = Usage()
-                get = found.get
-                count = get("prompt_tokens")
-                usage.input_tokens = _int(get("input_tokens") if count is None else count, -1)
-                count = get("completion_tokens")
-                usage.output_tokens = _int(get("output_tokens") if count is None else count, -1)
-                usage.cached_tokens = _int(get("cache_read_input_tokens"), -1)
+                usage._usage(found)
                 return usage
-    if at >= 0 or b'"timings"' in body:
+    if at >= 0 or _MARKERS[1] in body:
         return _parsed(body, None)
     return None
 
@@ -155,10 +145,6 @@ class UsageScanner:
 
     def _absorb(self, data: bytes) -> None:
         self.usage = _parsed(data, self.usage)
-
-    def body(self, body: bytes) -> None:
-        """A whole JSON body."""
-        self.usage = body_usage(body) or self.usage
 
     def chunk(self, chunk: bytes) -> None:
         """One chunk of an event stream."""

@@ -291,7 +291,8 @@ async def forward(
     """Serve one inference request (``POST /v1/...`` or ``/upstream/<model>/...``).
 
     Every request that named a model ends as one activity row (``recorder``), whatever
-    ended it: the status sent, the error's status, or 499 when the client left.
+    ended it: ``trace.status`` holds the status sent, then the error's status, or 499 when
+    the client left.
 
     Raises:
         LlamaswapError: before anything was sent (bad request, unknown model, failed start,
@@ -306,7 +307,6 @@ async def forward(
     progress: _Progress | None = None
     entry: InFlight | None = None
     model_id = "-"
-    status = 0
     trace = recorder.trace(path)
     routes = _routes_for(manager.config)
     try:
@@ -323,7 +323,7 @@ async def forward(
                 try:
                     lease = await progress.wait(manager, waiting)
                 except LlamaswapError as exc:
-                    status = exc.status_code  # said in-band: the stream's 200 is long sent
+                    trace.status = exc.status_code  # said in-band: the 200 is long sent
                     await _end_stream(send, dialect, exc.status_code, exc.message, exc.code)
                     return
             else:
@@ -346,16 +346,16 @@ async def forward(
             message = await _failure(manager, lease, exc, "did not answer")
             if progress is None:
                 raise UpstreamUnavailable(message) from None
-            status = 502
+            trace.status = 502
             await _end_stream(send, dialect, 502, message, "upstream_unavailable")
             return
         await _relay(manager, lease, response, progress, dialect, send, watch, entry, trace)
     except LlamaswapError as exc:
-        status = exc.status_code
+        trace.status = exc.status_code
         raise
     except asyncio.CancelledError:
         cut = entry.cut if entry is not None else None
-        status = CLIENT_GONE if cut is None else 502
+        trace.status = CLIENT_GONE if cut is None else 502
         if (watch is None or not watch.gone) and cut is None:
             raise
         if asyncio.current_task().uncancel() > 0:  # type: ignore[union-attr]
@@ -369,7 +369,7 @@ async def forward(
                 "request cut: {}", cut)
             message = f"model {model_id!r}: request cut: {cut}"
             if not entry.responded:
-                status = ModelStopped.status_code
+                trace.status = ModelStopped.status_code
                 raise ModelStopped(message) from None
             if entry.stalled:
                 return  # nothing more can reach this client; the server closes the connection
@@ -378,7 +378,7 @@ async def forward(
                     watch.stop()
                 await _stream_error(send, dialect, message)
     except ClientGone:
-        status = CLIENT_GONE
+        trace.status = CLIENT_GONE
         logger.bind(model=model_id, path=path).info("client disconnected mid-body")
     finally:
         if entry is not None:
@@ -394,7 +394,7 @@ async def forward(
             lease.release()
         if model_id != "-":  # last: what it took is given back whatever recording does
             try:
-                recorder.finish(trace, model_id, status or trace.status or 500)
+                recorder.finish(trace, model_id)
             except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a request
                 logger.opt(exception=exc).bind(model=model_id).error(
                     "recording the request failed")
@@ -410,7 +410,6 @@ async def _relay(
     a client that accepts no bytes for its ``stallTimeout``, so one stalled reader cannot hold
     its model (and every swap waiting on it) forever.
     """
-    trace.status, trace.headers = response.status, response.raw_headers
     if progress is not None:
         trace.status, trace.headers = 200, _SSE_HEADERS
         # The stream's headers (200, event stream) are long sent: report a failure in-band.
@@ -424,6 +423,7 @@ async def _relay(
             await _end_stream(send, dialect, 502, message, "upstream_error")
             return
     else:
+        trace.status, trace.headers = response.status, response.raw_headers
         start: Message = {"type": "http.response.start", "status": response.status,
                           "headers": response_headers(response.raw_headers)}
         if response.small:

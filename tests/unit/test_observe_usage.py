@@ -17,6 +17,7 @@ from llamaswap_docker.observe import (
     StateReading,
     UsageScanner,
 )
+from llamaswap_docker.observe.usage import body_usage
 
 
 def sse(*events: dict) -> bytes:
@@ -24,26 +25,22 @@ def sse(*events: dict) -> bytes:
 
 
 def test_llama_server_timings_win_over_usage() -> None:
-    scanner = UsageScanner()
-    scanner.body(json.dumps({
+    usage = body_usage(json.dumps({
         "usage": {"prompt_tokens": 1, "completion_tokens": 2},
         "timings": {"prompt_n": 11, "predicted_n": 22, "cache_n": 3, "prompt_per_second": 100.5,
                     "predicted_per_second": 40.25, "prompt_ms": 110, "predicted_ms": 546},
     }).encode())
-    usage = scanner.usage
     assert usage is not None and usage.from_timings
     assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (11, 22, 3)
     assert (usage.prompt_per_second, usage.tokens_per_second, usage.timings_ms) == (100.5, 40.25, 656)
 
 
 def test_openai_usage_with_cached_tokens() -> None:
-    scanner = UsageScanner()
-    scanner.body(json.dumps({"choices": [], "usage": {
+    usage = body_usage(json.dumps({"choices": [], "usage": {
         "prompt_tokens": 30, "completion_tokens": 7,
         "prompt_tokens_details": {"cached_tokens": 16}}}).encode())
-    assert scanner.usage is not None
-    assert (scanner.usage.input_tokens, scanner.usage.output_tokens,
-            scanner.usage.cached_tokens) == (30, 7, 16)
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (30, 7, 16)
 
 
 @pytest.mark.parametrize("cut", [1, 7, 20, 33, 60, 97])
@@ -72,23 +69,22 @@ def test_responses_api_usage_and_infill_lists() -> None:
     scanner.chunk(sse({"type": "response.completed",
                        "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}}))
     assert scanner.usage is not None and scanner.usage.output_tokens == 4
-    infill = UsageScanner()
-    infill.body(json.dumps([{"content": "a"}, {"timings": {"prompt_n": 2, "predicted_n": 6}}]).encode())
-    assert infill.usage is not None and infill.usage.output_tokens == 6
+    infill = body_usage(
+        json.dumps([{"content": "a"}, {"timings": {"prompt_n": 2, "predicted_n": 6}}]).encode())
+    assert infill is not None and infill.output_tokens == 6
 
 
 def test_no_usage_and_broken_json_say_nothing() -> None:
     for body in (b'{"choices": []}', b'{"usage": {"prompt_tokens": ', b"not json"):
-        scanner = UsageScanner()
-        scanner.body(body)
-        assert scanner.usage is None or not scanner.usage.known
+        usage = body_usage(body)
+        assert usage is None or (usage.input_tokens < 0 and usage.output_tokens < 0)
 
 
 def test_the_capture_buffer_keeps_the_newest_within_its_size() -> None:
     buffer = CaptureBuffer(100)
     for capture_id in range(5):
         assert buffer.add(Capture(capture_id, "/p", {}, b"x" * 20, {}, b"y" * 20))
-    assert [i for i in range(5) if i in buffer] == [3, 4] and buffer.used == 80
+    assert [i for i in range(5) if buffer.get(i) is not None] == [3, 4] and buffer.used == 80
     assert not buffer.add(Capture(9, "/p", {}, b"x" * 101, {}, b""))  # larger than the buffer
 
 
@@ -106,7 +102,7 @@ def test_a_large_json_answer_relayed_in_chunks_still_gives_its_usage() -> None:
                            "usage": {"prompt_tokens": 8, "total_tokens": 8}}).encode()
         for start in range(0, len(body), 65536):
             trace.chunk(body[start:start + 65536])
-        rec.finish(trace, "embed", 200)
+        rec.finish(trace, "embed")
         rec.flush()
         return rec
 
@@ -120,7 +116,8 @@ def test_upstream_paths_count_as_one_series() -> None:
         rec = recorder()
         for path in ("/upstream/m/a", "/upstream/m/b", "/v1/chat/completions"):
             trace = rec.trace(path)
-            rec.finish(trace, "m", 200)
+            trace.status = 200
+            rec.finish(trace, "m")
         rec.flush()
         return rec
 
@@ -146,7 +143,7 @@ def test_recording_off_keeps_nothing_of_any_request(monkeypatch) -> None:
             trace.status, trace.headers = 200, [(b"content-type", b"text/event-stream")]
             trace.chunk(b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n')
             trace.body(b'{"usage": {"prompt_tokens": 3}}')
-            rec.finish(trace, "m", 200)
+            rec.finish(trace, "m")
         rec.flush()
         return rec
 
