@@ -297,9 +297,11 @@ def main() -> int:
                                      groups=groups)
     with proxy_process(models, groups=groups) as proxy, baseline_proxy as baseline, \
             unrecorded_proxy as unrecorded:
-        for url in filter(None, (proxy, baseline, unrecorded)):
+        for url in filter(None, (proxy, baseline)):
             for model in models:
                 httpx.post(f"{url}/api/models/load/{model}", timeout=60).raise_for_status()
+        # Recording off is compared on the relay only (no SSE run).
+        httpx.post(f"{unrecorded}/api/models/load/bench", timeout=60).raise_for_status()
         running = {e["model"]: e["base_url"] for e in
                    httpx.get(f"{proxy}/running", timeout=10).json()["running"]}
         direct = running["bench"]
@@ -330,18 +332,17 @@ def main() -> int:
         print(f"{c:>4} | {cells[0]:>24} | {cells[1]:>24} | {cells[2]:>24} | {ratio:7.2f}x | "
               f"{added:+11.2f} ms")
 
-    print("\nRecording on vs off (the same code, LLAMASWAP_RECORDING=false), req/s:")
-    for c in CONCURRENCY:
-        on, off = table[("llamaswap", c)]["rps"], table[("unrecorded", c)]["rps"]
-        print(f"  c={c:<3} {on:8.0f} vs {off:8.0f}  = {on / off:5.2f}x   p50 "
-              f"{table[('llamaswap', c)]['p50']:5.2f} vs {table[('unrecorded', c)]['p50']:5.2f} ms")
-
-    if baseline:
-        print(f"\nThis tree vs the baseline ({args.baseline_src}), req/s:")
+    def against(other: str, title: str) -> None:
+        print(f"\n{title}, req/s:")
         for c in CONCURRENCY:
-            now, then = table[("llamaswap", c)]["rps"], table[("baseline", c)]["rps"]
-            print(f"  c={c:<3} {now:8.0f} vs {then:8.0f}  = {now / then:5.2f}x   p50 "
-                  f"{table[('llamaswap', c)]['p50']:5.2f} vs {table[('baseline', c)]['p50']:5.2f} ms")
+            now, then = table[("llamaswap", c)], table[(other, c)]
+            print(f"  c={c:<3} {now['rps']:8.0f} vs {then['rps']:8.0f}  = "
+                  f"{now['rps'] / then['rps']:5.2f}x   p50 {now['p50']:5.2f} vs "
+                  f"{then['p50']:5.2f} ms")
+
+    against("unrecorded", "Recording on vs off (the same code, LLAMASWAP_RECORDING=false)")
+    if baseline:
+        against("baseline", f"This tree vs the baseline ({args.baseline_src})")
 
     print(f"\nSSE, 64 chunks, no token delay, {args.streams} streams each (ms):")
     overhead = {}

@@ -16,7 +16,7 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         socket="${DOCKER_HOST:-unix:///var/run/docker.sock}"
         socket="${socket#unix://}"
         if [ -S "$socket" ]; then
-            group="${DOCKER_GID:-$(stat -L -c %g "$socket")}"
+            group="$(stat -L -c %g "$socket")"
             origin="the group of $socket"
         elif [ -e "$socket" ]; then
             echo "llamaswap-docker: $socket is not a socket: mount the engine's socket there" \
@@ -29,11 +29,14 @@ case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
         fi
         ;;
     *)
-        group="${DOCKER_GID:-$RUN_UID}"  # an engine over TCP: no socket group to join
+        group="$RUN_UID"  # an engine over TCP: no socket group to join
         origin="no socket: the engine is at $DOCKER_HOST"
         ;;
 esac
-[ -n "${DOCKER_GID:-}" ] && origin="DOCKER_GID"
+if [ -n "${DOCKER_GID:-}" ]; then
+    group="$DOCKER_GID"
+    origin="DOCKER_GID"
+fi
 # One line in `docker compose logs`: which group the server got, and from where.
 echo "llamaswap-docker: running as uid $RUN_UID, group $group ($origin)" >&2
 

@@ -51,16 +51,26 @@ def proxy(start_proxy):
     )
 
 
+def hang_up(sock: socket.socket) -> None:
+    """Leave with a reset, as a killed client does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
 def raw_http(url: str, head: bytes, body: bytes = b"", *, close_after: float | None = None,
              read: bool = True) -> tuple[int, dict[str, str], bytes]:
     """Send bytes as they are; return (status, headers, body). ``close_after``: hang up after
     that many seconds without reading the answer (status 0)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
+    with connect(url) as sock:
         sock.sendall(head + body)
         if close_after is not None:
             time.sleep(close_after)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            hang_up(sock)
             return 0, {}, b""
         if not read:
             return 0, {}, b""
@@ -200,17 +210,6 @@ def test_odd_header_bytes_and_paths_are_forwarded_or_refused_cleanly(proxy, erro
     assert errors_logged == []
 
 
-def hang_up(sock: socket.socket) -> None:
-    """Leave with a reset, as a killed client does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
-
-
-def connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
-
-
 def wait_for(url: str, model: str, what: str, case: str) -> None:
     """Until ``/running`` shows ``what`` (``in_flight`` or ``waiting``) ≥ 1 for ``model``:
     the client leaves at the stage the case names, not before it."""
@@ -278,8 +277,11 @@ def padded_chat(model: str, size: int) -> bytes:
 def test_oversized_bodies_get_413_before_the_body_is_read(proxy, errors_logged) -> None:
     httpx.post(f"{proxy.url}/api/models/load/a", timeout=30).raise_for_status()
 
-    def refused(case: str, status: int, answer: bytes, check: Any = None) -> None:
-        (check or (lambda: assert_openai_error(status, answer, 413, case)))()
+    def refused(case: str, status: int, answer: bytes) -> None:
+        assert_openai_error(status, answer, 413, case)
+        settled(case)
+
+    def settled(case: str) -> None:
         assert_nothing_held(proxy.url, case)
         assert_swap_completes(proxy.url, case)
 
@@ -288,8 +290,8 @@ def test_oversized_bodies_get_413_before_the_body_is_read(proxy, errors_logged) 
     refused("declared too large", status, answer)
     assert "maxRequestBodySize" in json.loads(answer)["error"]["message"]
     status, _, answer = raw_http(proxy.url, post_head("/v1/messages", 50 * LIMIT))
-    refused("declared too large, Anthropic", status, answer, lambda: None)
     assert status == 413 and json.loads(answer)["error"]["type"] == "request_too_large"
+    settled("declared too large, Anthropic")
     # Chunked: refused once the bytes received cross the limit.
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")

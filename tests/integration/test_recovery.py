@@ -237,13 +237,12 @@ def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, 
 
 
 def test_a_second_proxy_on_a_live_instance_exits_naming_the_owner_and_touches_nothing(
-    proxy_processes, docker_client, instance_name, tmp_path
+    proxy_processes, instance_name
 ) -> None:
     import subprocess
     import sys
 
-    config = pair()
-    first = proxy_processes(config["models"], groups=config["groups"])
+    first = proxy_processes({"a": fake_model("--model-name", "a")})
     assert chat(first.url, "a").status_code == 200
     before = ready_ids(first.url)
 
