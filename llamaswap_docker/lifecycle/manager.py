@@ -317,12 +317,14 @@ class ModelManager:
 
     def publish_status(self, force: bool = False) -> None:
         """A ``modelStatus`` event, when a model's state or container changed since the last."""
-        statuses = self.status()
-        key = tuple((s.model_id, s.state.value, s.container_id) for s in statuses)
+        # Read from the runtimes first: this runs after every step (lease releases included)
+        # while anyone listens, and most steps change nothing worth a full status.
+        key = tuple((m, runtime.state.value, runtime.container.id if runtime.container else None)
+                    for m, runtime in sorted(self.models.items()) if m in self.config.models)
         if force or key != self._published:
             self._published = key
             self.events.publish("modelStatus", {"models": [
-                s.to_json(self.config.models[s.model_id]) for s in statuses]})
+                s.to_json(self.config.models[s.model_id]) for s in self.status()]})
 
     def _answer(self, key: int, error: LlamaswapError | None) -> None:
         future = self._futures.pop(key, None)
