@@ -88,7 +88,8 @@ class ActivityLog:
     def __init__(self, limit: int, store_path: str | None = None) -> None:
         self._rows: deque[tuple[Any, ...]] = deque(maxlen=limit)
         self.store_path = Path(store_path).expanduser() if store_path else None
-        self._ids = itertools.count(1)
+        #: The ids of new rows (they only grow, across restarts with a store).
+        self.ids = itertools.count(1)
         self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Rows queued and rows written: a query waits until the store has what memory has.
@@ -119,7 +120,7 @@ class ActivityLog:
             last = db.execute("SELECT max(id) FROM activity").fetchone()[0]
             recent = db.execute("SELECT * FROM activity ORDER BY id DESC LIMIT ?",
                                 (self._rows.maxlen or 0,)).fetchall()
-        self._ids = itertools.count((last or 0) + 1)
+        self.ids = itertools.count((last or 0) + 1)
         self._rows.extend(_values(values) for values in reversed(recent))
         self._writer = threading.Thread(target=self._write_loop, name="activity-store",
                                         daemon=True)
@@ -134,10 +135,6 @@ class ActivityLog:
             self._writer = None
 
     # -- writing -------------------------------------------------------------------------------
-
-    def next_id(self) -> int:
-        """The id of the next row (ids only grow, across restarts with a store)."""
-        return next(self._ids)
 
     def append(self, values: tuple[Any, ...]) -> None:
         """Keep a complete row (``COLUMNS`` order) in memory, and queue it for the store."""

@@ -62,7 +62,7 @@ class Metrics:
     """The counters and histograms; ``render()`` is the ``/metrics`` body."""
 
     def __init__(self, read_state: Callable[[], StateReading], model_states: Iterable[str]) -> None:
-        self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
         self.durations: dict[str, _Histogram] = {}
         self.waits: dict[str, _Histogram] = {}
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -78,9 +78,10 @@ class Metrics:
 
     def request(self, model: str, path: str, status: int, duration_s: float, wait_s: float,
                 input_tokens: int, output_tokens: int, cached_tokens: int) -> None:
-        # Runs for every request (in the recorder's batches): one lookup per model for its
-        # histograms and token keys, no tuple built per token kind.
-        self.requests[(model, path, str(status))] += 1
+        # Runs for every request (in the recorder's batches), so it is written out flat: one
+        # lookup per model for its histograms and token keys, the status kept as an int until
+        # a scrape, no call per histogram.
+        self.requests[(model, path, status)] += 1
         per_model = self._per_model.get(model)
         if per_model is None:
             per_model = self._per_model[model] = (
@@ -88,8 +89,13 @@ class Metrics:
                 _histogram(self.waits, model, REQUEST_BUCKETS),
                 (model, "input"), (model, "output"), (model, "cached"))
         durations, waits, input_key, output_key, cached_key = per_model
-        durations.observe(duration_s)
-        waits.observe(wait_s)
+        durations.counts[bisect_left(REQUEST_BUCKETS, duration_s)] += 1
+        durations.total += duration_s
+        if wait_s:
+            waits.counts[bisect_left(REQUEST_BUCKETS, wait_s)] += 1
+            waits.total += wait_s
+        else:  # most requests find their model ready
+            waits.counts[0] += 1
         tokens = self.tokens
         if input_tokens > 0:
             tokens[input_key] += input_tokens
@@ -112,8 +118,8 @@ class Metrics:
         requests = CounterMetricFamily("llamaswap_requests", "Inference requests, by model, "
                                        "path and status (499: the client left)",
                                        labels=["model", "path", "status"])
-        for labels, value in sorted(self.requests.items()):
-            requests.add_metric(list(labels), value)
+        for (model, path, status), value in sorted(self.requests.items()):
+            requests.add_metric([model, path, str(status)], value)
         yield requests
         yield _histograms("llamaswap_request_duration_seconds",
                           "Inference request duration, first byte in to last byte out",

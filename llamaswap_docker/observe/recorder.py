@@ -58,6 +58,7 @@ class Trace:
         self.started = time.monotonic()
         #: When the body was read and the model known: waiting for the model starts here.
         self.routed: float | None = None
+        #: When the model took it (``routed`` when it did not wait; None: it never did).
         self.admitted: float | None = None
         self.first_byte: float | None = None
         #: The status the request ended with (the hop sets it as it goes; 0: none yet).
@@ -72,13 +73,13 @@ class Trace:
         self.ended = 0.0
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """The request's bytes, kept when captures are on."""
+        """The request's bytes, kept when captures are on (the hop calls this only then)."""
         if self.capture is not None:
             self.capture.request_headers, self.capture.request_body = headers, body
 
     def body(self, body: bytes) -> None:
-        """A whole response body, relayed at once."""
-        self.first_byte = time.monotonic()
+        """A whole response body, relayed at once (``first_byte`` stays unset: it only splits
+        a stream's prompt time from its generation)."""
         self.body_bytes = body
         if self.capture is not None:
             self.capture.response_body.append(body)
@@ -126,6 +127,8 @@ class Recorder:
         self.captures = captures
         self._queue: list[Trace] = []
         self._timer: asyncio.Handle | None = None
+        #: Request path → its ``path`` label in the request counter.
+        self._series: dict[str, str] = {}
 
     def trace(self, path: str) -> Trace:
         return Trace(path, self.captures.enabled)
@@ -152,53 +155,66 @@ class Recorder:
             self._timer.cancel()
             self._timer = None
         queue, self._queue = self._queue, []
+        if not queue:
+            return
+        # One loop, names bound once, no call that can be left out: this runs for every
+        # request, and calls and lookups were most of its cost (bench_relay, recording on/off).
         to_wall = time.time() - time.monotonic()
-        record = self._record
+        activity, count, series = self.activity, self.metrics.request, self._series
+        keep, next_id = activity.append, activity.ids.__next__
+        publish = self.bus.publish if self.bus.subscribers else None
         for trace in queue:
-            record(trace, to_wall)
-
-    def _record(self, trace: Trace, to_wall: float) -> None:
-        # Runs once per request: plain locals and one tuple, no objects kept.
-        model, status, ended, path = trace.model, trace.status or 500, trace.ended, trace.path
-        admitted = trace.admitted if trace.admitted is not None else ended
-        wait_s = admitted - (trace.routed if trace.routed is not None else trace.started)
-        duration_s = ended - trace.started
-        content_type = _content_type(trace.headers)
-        if trace.body_bytes:
-            usage = body_usage(trace.body_bytes)
-        else:
-            usage = trace.scanner.usage if trace.scanner is not None else None
-        if usage is None:
-            input_tokens = output_tokens = cached_tokens = -1
-            prompt_rate = token_rate = timings_ms = -1.0
-        else:
-            input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
-            cached_tokens, timings_ms = usage.cached_tokens, usage.timings_ms
-            prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
-            first = trace.first_byte
-            if not usage.from_timings and first is not None and content_type.startswith(
-                    "text/event-stream"):
-                # No server timings: a stream's first byte splits prompt time from generation.
-                if output_tokens > 0 and ended - first > 0:
-                    token_rate = output_tokens / (ended - first)
-                if input_tokens > 0 and first - admitted > 0:
-                    prompt_rate = input_tokens / (first - admitted)
-        row_id = self.activity.next_id()
-        kept = trace.capture
-        has_capture = kept is not None and self.captures.add(Capture(
-            row_id, path, redact(kept.request_headers), kept.request_body,
-            redact(trace.headers), b"".join(kept.response_body)))
-        values = (row_id, ended + to_wall, model, path, status, content_type,
-                  round(wait_s * 1000), round(max(duration_s * 1000, timings_ms)),
-                  input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
-                  has_capture)
-        self.activity.append(values)
-        # /upstream/<model>/<any path>: one series, not one per path a client makes up.
-        self.metrics.request(model, "/upstream" if path.startswith("/upstream/") else path,
-                             status, duration_s, wait_s, input_tokens, output_tokens,
-                             cached_tokens)
-        if self.bus.subscribers:  # the row's JSON is not free: only for someone listening
-            self.bus.publish("activity", ActivityRow(*values).to_json())
+            model, path, started, ended = trace.model, trace.path, trace.started, trace.ended
+            status = trace.status or 500
+            admitted = trace.admitted
+            if admitted is None:  # it never got its model: it waited until the end
+                admitted = ended
+            routed = trace.routed
+            wait_s = admitted - (started if routed is None else routed)
+            duration_s = ended - started
+            content_type = _content_type(trace.headers)
+            body = trace.body_bytes
+            usage = body_usage(body) if body else (
+                trace.scanner.usage if trace.scanner is not None else None)
+            if usage is None:
+                input_tokens = output_tokens = cached_tokens = -1
+                prompt_rate = token_rate = timings_ms = -1.0
+            else:
+                input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+                cached_tokens, timings_ms = usage.cached_tokens, usage.timings_ms
+                prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
+                first = trace.first_byte
+                if not usage.from_timings and first is not None and content_type.startswith(
+                        "text/event-stream"):
+                    # No server timings: a stream's first byte splits prompt time from
+                    # generation.
+                    if output_tokens > 0 and ended - first > 0:
+                        token_rate = output_tokens / (ended - first)
+                    if input_tokens > 0 and first - admitted > 0:
+                        prompt_rate = input_tokens / (first - admitted)
+            row_id = next_id()
+            kept = trace.capture
+            has_capture = kept is not None and self.captures.add(Capture(
+                row_id, path, redact(kept.request_headers), kept.request_body,
+                redact(trace.headers), b"".join(kept.response_body)))
+            duration_ms = duration_s * 1000
+            if timings_ms > duration_ms:  # the server's own clock saw more of it
+                duration_ms = timings_ms
+            values = (row_id, ended + to_wall, model, path, status, content_type,
+                      round(wait_s * 1000) if wait_s else 0, round(duration_ms),
+                      input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
+                      has_capture)
+            keep(values)
+            label = series.get(path)
+            if label is None:
+                # /upstream/<model>/<any path>: one series, not one per path a client makes up.
+                label = "/upstream" if path.startswith("/upstream/") else path
+                if len(series) < 1024:
+                    series[path] = label
+            count(model, label, status, duration_s, wait_s, input_tokens, output_tokens,
+                  cached_tokens)
+            if publish is not None:  # the row's JSON is not free: only for someone listening
+                publish("activity", ActivityRow(*values).to_json())
 
 
 class _NoTrace(Trace):

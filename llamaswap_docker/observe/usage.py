@@ -18,6 +18,8 @@ __all__ = ["Usage", "UsageScanner", "body_usage"]
 #: The longest partial SSE line kept between chunks (usage lines are short).
 MAX_CARRY = 1 << 20
 _MARKERS = (b'"usage"', b'"timings"')
+#: How far before a body's usage object its llama-server timings may start.
+TIMINGS_NEAR = 4096
 
 
 class Usage:
@@ -26,10 +28,11 @@ class Usage:
     __slots__ = ("input_tokens", "output_tokens", "cached_tokens", "prompt_per_second",
                  "tokens_per_second", "timings_ms", "from_timings")
 
-    def __init__(self) -> None:
-        self.input_tokens = -1
-        self.output_tokens = -1
-        self.cached_tokens = -1
+    def __init__(self, input_tokens: int = -1, output_tokens: int = -1,
+                 cached_tokens: int = -1) -> None:
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cached_tokens = cached_tokens
         self.prompt_per_second = -1.0
         self.tokens_per_second = -1.0
         #: llama-server's prompt_ms + predicted_ms, when it sent timings.
@@ -104,22 +107,34 @@ def _float(value: Any, default: float) -> float:
 def body_usage(body: bytes) -> Usage | None:
     """What a whole JSON body says of its tokens (None: nothing)."""
     at = body.rfind(_MARKERS[0])
-    if at >= 0 and _MARKERS[1] not in body:
+    if at < 0:
+        return _parsed(body, None) if _MARKERS[1] in body else None
+    # llama-server puts its timings next to usage (just before or after it, by version).
+    if body.find(_MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
         # Most answers end with a flat usage object: parse only that, not the whole body.
+        # This runs for every request and each bytes method call costs more than the bytes
+        # it scans, so there are as few as possible: a nested object inside usage makes the
+        # slice up to the first "}" unbalanced, which orjson refuses (then the whole body).
         start = body.find(b"{", at)
-        end = body.find(b"}", start)
-        if 0 < start < end and body.find(b"{", start + 1, end) < 0:
-            try:
-                found = orjson.loads(body[start:end + 1])
-            except orjson.JSONDecodeError:
-                found = None
-            if type(found) is dict:
-                usage = Usage()
-                usage._usage(found)
-                return usage
-    if at >= 0 or _MARKERS[1] in body:
-        return _parsed(body, None)
-    return None
+        try:
+            found = orjson.loads(body[start:body.find(b"}", start) + 1]) if start > 0 else None
+        except orjson.JSONDecodeError:
+            found = None
+        if type(found) is dict:
+            get = found.get
+            count = get("prompt_tokens")
+            if count is None:
+                count = get("input_tokens")
+            input_tokens = count if type(count) is int else _int(count, -1)
+            count = get("completion_tokens")
+            if count is None:
+                count = get("output_tokens")
+            output_tokens = count if type(count) is int else _int(count, -1)
+            # Flat: no token details object; Anthropic says cache reads at the top.
+            count = get("cache_read_input_tokens")
+            return Usage(input_tokens, output_tokens,
+                         count if type(count) is int else _int(count, -1))
+    return _parsed(body, None)
 
 
 def _parsed(data: bytes, usage: Usage | None) -> Usage | None:

@@ -312,11 +312,13 @@ async def forward(
     try:
         target = await _target(manager, routes, scope, receive)
         model_id = target.model_id
-        trace.routed = time.monotonic()
-        trace.request(scope["headers"], target.body)
+        trace.routed = trace.admitted = time.monotonic()
+        if trace.capture is not None:
+            trace.request(scope["headers"], target.body)
         lease = manager.try_acquire(model_id)
         watch = _ClientWatch(receive)
         if lease is None:  # the model must start, or is busy swapping: wait, watched
+            trace.admitted = None  # until it is
             waiting = asyncio.ensure_future(manager.acquire(model_id))
             if _wants_loading_state(manager, path, target):
                 progress = _Progress(model_id, send)
@@ -329,7 +331,7 @@ async def forward(
             else:
                 lease = await waiting
             waiting = None
-        trace.admitted = time.monotonic()
+            trace.admitted = time.monotonic()
         entry = inflight.add(model_id, path, scope.get("client"),
                              routes.stall_timeouts.get(model_id, routes.stall_timeout))
         entry.responded = progress is not None
