@@ -35,6 +35,30 @@ def test_llama_server_timings_win_over_usage() -> None:
     assert (usage.prompt_per_second, usage.tokens_per_second, usage.timings_ms) == (100.5, 40.25, 656)
 
 
+@pytest.mark.parametrize("timings_first", [True, False])
+def test_timings_win_whether_llama_server_writes_them_before_or_after_usage(
+        timings_first: bool) -> None:
+    # Older llama-server sorts keys (timings before usage), newer keeps insertion order.
+    usage = {"usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+    timings = {"timings": {"prompt_n": 5, "predicted_n": 6, "predicted_per_second": 7.5}}
+    body = {"choices": [{"message": {"content": "x" * 9000}}],
+            **({**timings, **usage} if timings_first else {**usage, "id": "c", **timings})}
+    found = body_usage(json.dumps(body).encode())
+    assert found is not None and found.from_timings
+    assert (found.input_tokens, found.output_tokens, found.tokens_per_second) == (5, 6, 7.5)
+
+
+def test_a_flat_usage_is_read_and_a_nested_one_falls_back_to_the_whole_body() -> None:
+    flat = body_usage(b'{"choices":[{"text":"\\"usage\\": {"}],"usage":{"input_tokens":4,'
+                      b'"output_tokens":5,"cache_read_input_tokens":2},"id":"m"}')
+    assert flat is not None and (flat.input_tokens, flat.output_tokens, flat.cached_tokens) == (4, 5, 2)
+    nested = body_usage(json.dumps({"usage": {
+        "input_tokens": 4, "cache_creation": {"ephemeral_5m_input_tokens": 0},
+        "output_tokens": 5, "cache_read_input_tokens": 3}}).encode())
+    assert nested is not None
+    assert (nested.input_tokens, nested.output_tokens, nested.cached_tokens) == (4, 5, 3)
+
+
 def test_openai_usage_with_cached_tokens() -> None:
     usage = body_usage(json.dumps({"choices": [], "usage": {
         "prompt_tokens": 30, "completion_tokens": 7,
