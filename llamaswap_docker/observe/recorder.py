@@ -46,12 +46,12 @@ class Trace:
     """One request's timings and the bytes it saw, filled in by the hop as it goes.
 
     Kept cheap on purpose (slots; the hop sets ``routed``, ``admitted``, ``status`` and
-    ``headers`` directly). A whole (small) body is only referenced here: it is parsed for
-    usage later, with the batch (``Recorder.flush``).
+    ``headers`` directly). It lives as long as its request: ``Recorder.finish`` keeps only
+    plain values of it for the batch, where a whole (small) body is parsed for usage.
     """
 
     __slots__ = ("path", "started", "routed", "admitted", "first_byte", "status", "headers",
-                 "body_bytes", "scanner", "capture", "model", "ended")
+                 "body_bytes", "scanner", "capture")
 
     def __init__(self, path: str, capture: bool) -> None:
         self.path = path
@@ -63,14 +63,11 @@ class Trace:
         self.first_byte: float | None = None
         #: The status the request ended with (the hop sets it as it goes; 0: none yet).
         self.status = 0
-        #: The response's raw headers (its content type is read from them later).
+        #: The response's raw headers (its content type is read from them when it ends).
         self.headers: Sequence[tuple[bytes, bytes]] = ()
         self.body_bytes: bytes | None = None
         self.scanner: UsageScanner | None = None
         self.capture = _Capture() if capture else None
-        # Set when the request ends (Recorder.finish).
-        self.model = ""
-        self.ended = 0.0
 
     def request(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """The request's bytes, kept when captures are on (the hop calls this only then)."""
@@ -116,6 +113,14 @@ def _content_type(headers: Sequence[tuple[bytes, bytes]]) -> str:
     return ""
 
 
+#: A finished request as it waits for its batch: model, path, started, routed, admitted,
+#: first byte, ended, status, content type, whole body, stream scanner, capture, and the
+#: response headers (kept only with a capture).
+_Finished = tuple[str, str, float, float | None, float | None, float | None, float, int, str,
+                  bytes | None, UsageScanner | None, _Capture | None,
+                  Sequence[tuple[bytes, bytes]] | None]
+
+
 class Recorder:
     """Turns finished traces into activity rows, counters, captures and events."""
 
@@ -125,7 +130,7 @@ class Recorder:
         self.metrics = metrics
         self.bus = bus
         self.captures = captures
-        self._queue: list[Trace] = []
+        self._queue: list[_Finished] = []
         self._timer: asyncio.Handle | None = None
         #: Request path → its ``path`` label in the request counter.
         self._series: dict[str, str] = {}
@@ -135,10 +140,15 @@ class Recorder:
 
     def finish(self, trace: Trace, model: str) -> None:
         """Queue a finished request (the request path's only cost of recording it)."""
-        # The trace is kept as it is: parsing its usage now would cost the relay more than
-        # parsing a batch of them a moment later (bench_relay).
-        trace.model, trace.ended = model, time.monotonic()
-        self._queue.append(trace)
+        # Its usage is parsed a moment later, with a batch: that costs the relay less than
+        # parsing it now. Only plain values wait for the batch, not the trace and the objects
+        # it holds: kept alive that long, those cost the collector more than the tuple costs
+        # to build (bench_recording, and CPU per request at c=64: README, benchmarks).
+        capture = trace.capture
+        self._queue.append((
+            model, trace.path, trace.started, trace.routed, trace.admitted, trace.first_byte,
+            time.monotonic(), trace.status, _content_type(trace.headers), trace.body_bytes,
+            trace.scanner, capture, None if capture is None else trace.headers))
         if self.bus.subscribers:  # someone watches live: no delay
             self.flush()
         elif self._timer is None:
@@ -163,19 +173,15 @@ class Recorder:
         activity, count, series = self.activity, self.metrics.request, self._series
         keep, next_id = activity.append, activity.ids.__next__
         publish = self.bus.publish if self.bus.subscribers else None
-        for trace in queue:
-            model, path, started, ended = trace.model, trace.path, trace.started, trace.ended
-            status = trace.status or 500
-            admitted = trace.admitted
+        for (model, path, started, routed, admitted, first, ended, status, content_type, body,
+             scanner, kept, headers) in queue:
+            status = status or 500
             if admitted is None:  # it never got its model: it waited until the end
                 admitted = ended
-            routed = trace.routed
             wait_s = admitted - (started if routed is None else routed)
             duration_s = ended - started
-            content_type = _content_type(trace.headers)
-            body = trace.body_bytes
             usage = body_usage(body) if body else (
-                trace.scanner.usage if trace.scanner is not None else None)
+                scanner.usage if scanner is not None else None)
             if usage is None:
                 input_tokens = output_tokens = cached_tokens = -1
                 prompt_rate = token_rate = timings_ms = -1.0
@@ -183,7 +189,6 @@ class Recorder:
                 input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
                 cached_tokens, timings_ms = usage.cached_tokens, usage.timings_ms
                 prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
-                first = trace.first_byte
                 if not usage.from_timings and first is not None and content_type.startswith(
                         "text/event-stream"):
                     # No server timings: a stream's first byte splits prompt time from
@@ -193,10 +198,9 @@ class Recorder:
                     if input_tokens > 0 and first - admitted > 0:
                         prompt_rate = input_tokens / (first - admitted)
             row_id = next_id()
-            kept = trace.capture
             has_capture = kept is not None and self.captures.add(Capture(
                 row_id, path, redact(kept.request_headers), kept.request_body,
-                redact(trace.headers), b"".join(kept.response_body)))
+                redact(headers), b"".join(kept.response_body)))
             duration_ms = duration_s * 1000
             if timings_ms > duration_ms:  # the server's own clock saw more of it
                 duration_ms = timings_ms
