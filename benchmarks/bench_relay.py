@@ -5,7 +5,10 @@ One upstream container (Debian's nginx answering a fixed chat completion, image
 get the same keep-alive POSTs from ``wrk``, in alternating rounds so all see the same machine
 load: the container's published port (direct), nginx on the host reverse-proxying to that port
 (keep-alive upstream, buffering off, one worker like our one process), and llamaswap-docker
-(and the same proxy with recording off, to show what recording costs).
+(and the same proxy with recording off, to show what recording costs). Recording's cost is
+also measured in pinned pairs: both proxies on core 0, wrk and the models on core 1, on/off
+runs back to back, the median of the per-pair ratios (unpinned runs on a 2-core machine
+scatter too much to show a 10% difference).
 Then SSE: 64-chunk streams from the fake upstream with no token delay, direct vs through the
 proxy, first chunk and whole stream. Then the upstream-client candidates alone against the
 same upstream (why the data plane uses its own client on httptools).
@@ -38,7 +41,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from common import fake_model, free_port, percentile, proxy_process
+from common import PIDS, fake_model, free_port, percentile, proxy_process
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_IMAGE = "llamaswap/nginx-upstream:local"
@@ -113,10 +116,11 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
+def run_wrk(url: str, connections: int, duration: float, script: Path,
+            prefix: tuple[str, ...] = ()) -> dict[str, float]:
     """One ``wrk`` run: req/s, p50 and p99 in ms, and failed requests."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
+        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
          f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -129,27 +133,77 @@ def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[s
     return {"rps": rps, "p50": p50, "p99": p99}
 
 
-def relay_table(urls: dict[str, str], duration: float, rounds: int) -> dict[tuple[str, int], dict]:
-    targets = tuple(urls)
+@contextlib.contextmanager
+def wrk_script() -> Iterator[Path]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
                      "wrk.headers[\"Content-Type\"] = \"application/json\"\n")
-    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
+        yield Path(script.name)
+    finally:
+        os.unlink(script.name)
+
+
+def relay_table(urls: dict[str, str], duration: float, rounds: int) -> dict[tuple[str, int], dict]:
+    targets = tuple(urls)
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with wrk_script() as script:
         for target in targets:  # warm every connection path once
-            run_wrk(urls[target], 64, 1, Path(script.name))
+            run_wrk(urls[target], 64, 1, script)
         for round_index in range(rounds):
             shift = round_index % len(targets)
             order = targets[shift:] + targets[:shift]
             for connections in CONCURRENCY:
                 for target in order:
                     runs.setdefault((target, connections), []).append(
-                        run_wrk(urls[target], connections, duration, Path(script.name)))
+                        run_wrk(urls[target], connections, duration, script))
             print(f"  round {round_index + 1}/{rounds} done")
-    finally:
-        os.unlink(script.name)
     return {key: {metric: statistics.median(run[metric] for run in values)
                   for metric in ("rps", "p50", "p99")} for key, values in runs.items()}
+
+
+@contextlib.contextmanager
+def pinned(pids: list[int]) -> Iterator[tuple[str, ...]]:
+    """The proxies (every thread) on core 0, the model containers and wrk on core 1: what one
+    proxy costs stops depending on where the scheduler puts whom (run-to-run noise on a
+    2-core machine: ±15% unpinned). Yields the prefix that pins wrk."""
+    every = f"0-{(os.cpu_count() or 2) - 1}"
+    containers = subprocess.run(["docker", "ps", "-q", "--filter", "label=io.llamaswap.managed"],
+                                capture_output=True, text=True, check=True).stdout.split()
+
+    def place(proxies: str, models: str) -> None:
+        for pid in pids:
+            subprocess.run(["taskset", "-a", "-p", "-c", proxies, str(pid)],
+                           capture_output=True, check=True)
+        if containers:
+            subprocess.run(["docker", "update", f"--cpuset-cpus={models}", *containers],
+                           capture_output=True, check=True)
+
+    place("0", "1")
+    try:
+        yield ("taskset", "-c", "1")
+    finally:
+        place(every, every)
+
+
+def paired_ratios(on: str, off: str, duration: float, rounds: int) -> dict[int, list[float]]:
+    """req/s of ``on`` ÷ req/s of ``off`` in each of ``rounds`` back-to-back pairs (the order
+    alternating), per concurrency, both proxies pinned."""
+    ratios: dict[int, list[float]] = {c: [] for c in CONCURRENCY}
+    with wrk_script() as script, pinned([PIDS[on], PIDS[off]]) as prefix:
+        for connections in CONCURRENCY:
+            run_wrk(on, connections, 1, script, prefix)
+            run_wrk(off, connections, 1, script, prefix)
+            for round_index in range(rounds):
+                pair = (on, off) if round_index % 2 == 0 else (off, on)
+                rps = {url: run_wrk(url, connections, duration, script, prefix)["rps"]
+                       for url in pair}
+                ratios[connections].append(rps[on] / rps[off])
+    return ratios
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    return percentile(values, 25), percentile(values, 50), percentile(values, 75)
 
 
 async def stream_times(urls: dict[str, str], streams: int) -> dict[str, dict[str, list[float]]]:
@@ -270,6 +324,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=300, help="SSE streams per target")
     parser.add_argument("--client-requests", type=int, default=3000)
+    parser.add_argument("--paired-rounds", type=int, default=16,
+                        help="pinned on/off pairs per concurrency for the recording cost "
+                        "(0: skip)")
+    parser.add_argument("--paired-duration", type=float, default=2, help="seconds per pair run")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="also relay through the package in this source tree (e.g. a "
                         "`git worktree` of an earlier commit) and compare")
@@ -311,6 +369,9 @@ def main() -> int:
             if baseline:
                 urls["baseline"] = baseline
             table = relay_table(urls, args.duration, args.rounds)
+        paired: dict[int, list[float]] = {}
+        if args.paired_rounds and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+            paired = paired_ratios(proxy, unrecorded, args.paired_duration, args.paired_rounds)
         stream_urls = {"direct": running["sse"], "llamaswap": proxy}
         if baseline:
             stream_urls["baseline"] = baseline
@@ -341,6 +402,12 @@ def main() -> int:
                   f"{then['p50']:5.2f} ms")
 
     against("unrecorded", "Recording on vs off (the same code, LLAMASWAP_RECORDING=false)")
+    if paired:
+        print(f"\nRecording on vs off, pinned (proxies on core 0, wrk and models on core 1), "
+              f"{args.paired_rounds} pairs of {args.paired_duration:g} s, req/s ratio:")
+        for c, ratios in paired.items():
+            low, middle, high = quartiles(ratios)
+            print(f"  c={c:<3} median {middle:5.3f}x   quartiles {low:5.3f}-{high:5.3f}")
     if baseline:
         against("baseline", f"This tree vs the baseline ({args.baseline_src})")
 
@@ -378,7 +445,9 @@ def main() -> int:
         ("added p50 ≤ 0.5 ms at c=1",
          table[("llamaswap", 1)]["p50"] - table[("direct", 1)]["p50"] <= 0.5),
         ("SSE first-chunk overhead ≤ 1 ms p50", overhead["first"][0] <= 1.0),
-        *((f"recording keeps ≥ 90% of the req/s at c={c}",
+        *((f"recording keeps ≥ 90% of the req/s at c={c}"
+           + (" (pinned pairs, median)" if paired else ""),
+           quartiles(paired[c])[1] >= 0.9 if paired else
            table[("llamaswap", c)]["rps"] >= 0.9 * table[("unrecorded", c)]["rps"])
           for c in CONCURRENCY),
     ]

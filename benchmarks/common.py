@@ -27,6 +27,8 @@ import yaml
 FAKE_IMAGE = "llamaswap/fake-upstream:local"
 #: Every benchmark resource is owned by an instance under this prefix and reaped at the end.
 INSTANCE_PREFIX = "bench-"
+#: The process id of each running proxy_process, by its URL (to pin it to a core).
+PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -87,8 +89,10 @@ def proxy_process(models: dict[str, Any], src: Path | None = None,
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the proxy did not start")
                 time.sleep(0.05)
+            PIDS[url] = process.pid
             yield url
         finally:
+            PIDS.pop(url, None)
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
