@@ -78,9 +78,8 @@ class Metrics:
 
     def request(self, model: str, path: str, status: int, duration_s: float, wait_s: float,
                 input_tokens: int, output_tokens: int, cached_tokens: int) -> None:
-        # Runs for every request (in the recorder's batches), so it is written out flat: one
-        # lookup per model for its histograms and token keys, the status kept as an int until
-        # a scrape, no call per histogram.
+        # Runs for every request (in the recorder's batches): one lookup per model for its
+        # histograms and token keys, the status kept as an int until a scrape.
         self.requests[(model, path, status)] += 1
         per_model = self._per_model.get(model)
         if per_model is None:
@@ -89,13 +88,8 @@ class Metrics:
                 _histogram(self.waits, model, REQUEST_BUCKETS),
                 (model, "input"), (model, "output"), (model, "cached"))
         durations, waits, input_key, output_key, cached_key = per_model
-        durations.counts[bisect_left(REQUEST_BUCKETS, duration_s)] += 1
-        durations.total += duration_s
-        if wait_s:
-            waits.counts[bisect_left(REQUEST_BUCKETS, wait_s)] += 1
-            waits.total += wait_s
-        else:  # most requests find their model ready
-            waits.counts[0] += 1
+        durations.observe(duration_s)
+        waits.observe(wait_s)
         tokens = self.tokens
         if input_tokens > 0:
             tokens[input_key] += input_tokens

@@ -1,7 +1,7 @@
 """What the hop tells about each request (``Trace``) and where it goes when it ends
 (``Recorder``): the activity log, the Prometheus counters, captures and live events.
 
-The request path only queues a finished trace (a list append); turning traces into rows,
+The request path only queues a finished request's values (a tuple); turning them into rows,
 counters and captures happens in batches, a moment later or as soon as anyone reads them
 (``flush``): in a tight loop that work costs a fraction of what it costs spread between
 requests, and the relay keeps its throughput (README: benchmarks).
@@ -132,8 +132,6 @@ class Recorder:
         self.captures = captures
         self._queue: list[_Finished] = []
         self._timer: asyncio.Handle | None = None
-        #: Request path → its ``path`` label in the request counter.
-        self._series: dict[str, str] = {}
 
     def trace(self, path: str) -> Trace:
         return Trace(path, self.captures.enabled)
@@ -170,7 +168,7 @@ class Recorder:
         # One loop, names bound once, no call that can be left out: this runs for every
         # request, and calls and lookups were most of its cost (bench_relay, recording on/off).
         to_wall = time.time() - time.monotonic()
-        activity, count, series = self.activity, self.metrics.request, self._series
+        activity, count = self.activity, self.metrics.request
         keep, next_id = activity.append, activity.ids.__next__
         publish = self.bus.publish if self.bus.subscribers else None
         for (model, path, started, routed, admitted, first, ended, status, content_type, body,
@@ -209,14 +207,9 @@ class Recorder:
                       input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
                       has_capture)
             keep(values)
-            label = series.get(path)
-            if label is None:
-                # /upstream/<model>/<any path>: one series, not one per path a client makes up.
-                label = "/upstream" if path.startswith("/upstream/") else path
-                if len(series) < 1024:
-                    series[path] = label
-            count(model, label, status, duration_s, wait_s, input_tokens, output_tokens,
-                  cached_tokens)
+            # /upstream/<model>/<any path>: one series, not one per path a client makes up.
+            count(model, "/upstream" if path.startswith("/upstream/") else path, status,
+                  duration_s, wait_s, input_tokens, output_tokens, cached_tokens)
             if publish is not None:  # the row's JSON is not free: only for someone listening
                 publish("activity", ActivityRow(*values).to_json())
 

@@ -123,17 +123,11 @@ def body_usage(body: bytes) -> Usage | None:
         if type(found) is dict:
             get = found.get
             count = get("prompt_tokens")
-            if count is None:
-                count = get("input_tokens")
-            input_tokens = count if type(count) is int else _int(count, -1)
+            input_tokens = _int(get("input_tokens") if count is None else count, -1)
             count = get("completion_tokens")
-            if count is None:
-                count = get("output_tokens")
-            output_tokens = count if type(count) is int else _int(count, -1)
+            output_tokens = _int(get("output_tokens") if count is None else count, -1)
             # Flat: no token details object; Anthropic says cache reads at the top.
-            count = get("cache_read_input_tokens")
-            return Usage(input_tokens, output_tokens,
-                         count if type(count) is int else _int(count, -1))
+            return Usage(input_tokens, output_tokens, _int(get("cache_read_input_tokens"), -1))
     return _parsed(body, None)
 
 
