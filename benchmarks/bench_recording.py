@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHILD = '''
 import asyncio, sys, time
-from llamaswap_docker.observe import ActivityLog, CaptureBuffer, EventBus, Metrics, Recorder, StateReading
+from llamaswap_docker.observe import (ActivityLog, CaptureBuffer, EventBus, Metrics, Recorder,
+                                      StateReading)
 BODY = (b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench",'
         b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help '
         b'you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,'

@@ -120,8 +120,8 @@ def run_wrk(url: str, connections: int, duration: float, script: Path,
             prefix: tuple[str, ...] = ()) -> dict[str, float]:
     """One ``wrk`` run: req/s, p50 and p99 in ms, and failed requests."""
     out = subprocess.run(
-        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
-         f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
+        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s",
+         str(script), f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
