@@ -13,7 +13,6 @@ it, left out of its passes (a thousand live row objects would lengthen every one
 
 from __future__ import annotations
 
-import itertools
 import queue
 import sqlite3
 import threading
@@ -88,8 +87,8 @@ class ActivityLog:
     def __init__(self, limit: int, store_path: str | None = None) -> None:
         self._rows: deque[tuple[Any, ...]] = deque(maxlen=limit)
         self.store_path = Path(store_path).expanduser() if store_path else None
-        #: The ids of new rows (they only grow, across restarts with a store).
-        self.ids = itertools.count(1)
+        #: The id of the next new row (ids only grow, across restarts with a store).
+        self.next_id = 1
         self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Rows queued and rows written: a query waits until the store has what memory has.
@@ -120,7 +119,7 @@ class ActivityLog:
             last = db.execute("SELECT max(id) FROM activity").fetchone()[0]
             recent = db.execute("SELECT * FROM activity ORDER BY id DESC LIMIT ?",
                                 (self._rows.maxlen or 0,)).fetchall()
-        self.ids = itertools.count((last or 0) + 1)
+        self.next_id = (last or 0) + 1
         self._rows.extend(_values(values) for values in reversed(recent))
         self._writer = threading.Thread(target=self._write_loop, name="activity-store",
                                         daemon=True)
@@ -136,12 +135,19 @@ class ActivityLog:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, values: tuple[Any, ...]) -> None:
-        """Keep a complete row (``COLUMNS`` order) in memory, and queue it for the store."""
-        self._rows.append(values)
+    def take_ids(self, count: int) -> int:
+        """Reserve ``count`` row ids; the first of them."""
+        first = self.next_id
+        self.next_id += count
+        return first
+
+    def extend(self, rows: list[tuple[Any, ...]]) -> None:
+        """Keep complete rows (``COLUMNS`` order) in memory, and queue them for the store."""
+        self._rows.extend(rows)
         if self._writer is not None:
-            self._queued += 1
-            self._writes.put(values)
+            self._queued += len(rows)
+            for values in rows:
+                self._writes.put(values)
 
     def _write_loop(self) -> None:
         db = self._connect()

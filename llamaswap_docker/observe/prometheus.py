@@ -1,16 +1,18 @@
 """Prometheus metrics for ``GET /metrics``, counted in plain dicts and exposed at scrape time.
 
-A request adds to a few dict entries (no locks, no label lookups: the proxy is one event
-loop); ``prometheus_client`` only formats them when Prometheus asks. Gauges (model state,
+Finished requests are counted a batch at a time (no locks: the proxy is one event loop);
+``prometheus_client`` only formats the counts when Prometheus asks. Gauges (model state,
 in flight, queue depth) are read from the live state at scrape time.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
+from bisect import bisect_right
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -21,12 +23,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "StateReading", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "Ended", "Metrics", "StateReading"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds: requests and waits (sub-second to minutes), loads (seconds to many minutes).
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+#: A finished request as the counters take it: model, path, status, duration and wait
+#: (seconds), input, output and cached tokens (-1: not reported).
+Ended = tuple[str, str, int, float, float, int, int, int]
+_MODEL = itemgetter(0)
 
 
 class _Histogram:
@@ -38,8 +44,21 @@ class _Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
+        self.observe_all((value,))
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        """Count many values: sorted once, each bucket is one bisect (not one per value)."""
+        ordered = sorted(values)
+        counts, below, size = self.counts, 0, len(ordered)
+        for index, bound in enumerate(self.bounds):
+            upto = bisect_right(ordered, bound)  # values ≤ bound: Prometheus' "le"
+            counts[index] += upto - below
+            below = upto
+            if below == size:  # the rest are empty (fast requests: the first few buckets)
+                break
+        else:
+            counts[-1] += size - below
+        self.total += sum(ordered)
 
     def buckets(self) -> list[tuple[str, float]]:
         out, running = [], 0
@@ -62,41 +81,39 @@ class Metrics:
     """The counters and histograms; ``render()`` is the ``/metrics`` body."""
 
     def __init__(self, read_state: Callable[[], StateReading], model_states: Iterable[str]) -> None:
-        self.requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
+        self.requests: Counter[tuple[str, str, int]] = Counter()
         self.durations: dict[str, _Histogram] = {}
         self.waits: dict[str, _Histogram] = {}
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.loads: dict[str, _Histogram] = {}
         self.swaps = 0
         self.load_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self._per_model: dict[str, tuple[_Histogram, _Histogram, tuple[str, str],
-                                         tuple[str, str], tuple[str, str]]] = {}
         self._read_state = read_state
         self._state_names = tuple(model_states)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
 
-    def request(self, model: str, path: str, status: int, duration_s: float, wait_s: float,
-                input_tokens: int, output_tokens: int, cached_tokens: int) -> None:
-        # Runs for every request (in the recorder's batches): one lookup per model for its
-        # histograms and token keys, the status kept as an int until a scrape.
-        self.requests[(model, path, status)] += 1
-        per_model = self._per_model.get(model)
-        if per_model is None:
-            per_model = self._per_model[model] = (
-                _histogram(self.durations, model, REQUEST_BUCKETS),
-                _histogram(self.waits, model, REQUEST_BUCKETS),
-                (model, "input"), (model, "output"), (model, "cached"))
-        durations, waits, input_key, output_key, cached_key = per_model
-        durations.observe(duration_s)
-        waits.observe(wait_s)
-        tokens = self.tokens
-        if input_tokens > 0:
-            tokens[input_key] += input_tokens
-        if output_tokens > 0:
-            tokens[output_key] += output_tokens
-        if cached_tokens > 0:
-            tokens[cached_key] += cached_tokens
+    def requests_ended(self, ended: list[Ended]) -> None:
+        """Count a batch of finished requests.
+
+        Runs for every request, so per request only C code runs here: the batch is grouped by
+        model (a sort), turned into columns (``zip``), and each column is counted at once.
+        """
+        ended.sort(key=_MODEL)
+        requests, tokens = self.requests, self.tokens
+        for model, group in groupby(ended, _MODEL):
+            _, paths, statuses, durations, waits, inputs, outputs, cached = zip(*group)
+            for (path, status), count in Counter(zip(paths, statuses)).items():
+                # /upstream/<model>/<any path>: one series, not one per path a client makes up.
+                label = "/upstream" if path.startswith("/upstream/") else path
+                requests[(model, label, status)] += count
+            _histogram(self.durations, model, REQUEST_BUCKETS).observe_all(durations)
+            _histogram(self.waits, model, REQUEST_BUCKETS).observe_all(waits)
+            for kind, counts in (("input", inputs), ("output", outputs), ("cached", cached)):
+                # -1 says "not reported": the sum of the column plus one per -1 (C, no loop).
+                total = sum(counts) + counts.count(-1)
+                if total:
+                    tokens[(model, kind)] += total
 
     def load(self, model: str, seconds: float) -> None:
         self.swaps += 1

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from llamaswap_docker.observe.activity import ActivityLog, ActivityRow
 from llamaswap_docker.observe.bus import EventBus
 from llamaswap_docker.observe.captures import Capture, CaptureBuffer, redact
-from llamaswap_docker.observe.prometheus import Metrics
+from llamaswap_docker.observe.prometheus import Ended, Metrics
 from llamaswap_docker.observe.usage import UsageScanner, body_usage
 
 __all__ = ["CLIENT_GONE", "FLUSH_AFTER_S", "Recorder", "RecordingOff", "Trace"]
@@ -166,52 +167,53 @@ class Recorder:
         if not queue:
             return
         # One loop, names bound once, no call that can be left out: this runs for every
-        # request, and calls and lookups were most of its cost (bench_relay, recording on/off).
+        # request, and calls and lookups were most of its cost (bench_recording). The rows go
+        # to the activity log and the counters a batch at a time.
         to_wall = time.time() - time.monotonic()
-        activity, count = self.activity, self.metrics.request
-        keep, next_id = activity.append, activity.ids.__next__
-        publish = self.bus.publish if self.bus.subscribers else None
-        for (model, path, started, routed, admitted, first, ended, status, content_type, body,
-             scanner, kept, headers) in queue:
+        captures = self.captures
+        rows: list[tuple[Any, ...]] = []
+        ended: list[Ended] = []
+        for row_id, (model, path, started, routed, admitted, first, end, status, content_type,
+                     body, scanner, kept, headers) in enumerate(
+                         queue, self.activity.take_ids(len(queue))):
             status = status or 500
             if admitted is None:  # it never got its model: it waited until the end
-                admitted = ended
+                admitted = end
             wait_s = admitted - (started if routed is None else routed)
-            duration_s = ended - started
-            usage = body_usage(body) if body else (
-                scanner.usage if scanner is not None else None)
-            if usage is None:
+            duration_s = end - started
+            tokens = body_usage(body) if body else (
+                scanner.usage.tokens if scanner is not None and scanner.usage else None)
+            if tokens is None:
                 input_tokens = output_tokens = cached_tokens = -1
                 prompt_rate = token_rate = timings_ms = -1.0
             else:
-                input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
-                cached_tokens, timings_ms = usage.cached_tokens, usage.timings_ms
-                prompt_rate, token_rate = usage.prompt_per_second, usage.tokens_per_second
-                if not usage.from_timings and first is not None and content_type.startswith(
+                (input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate, timings_ms,
+                 from_timings) = tokens
+                if not from_timings and first is not None and content_type.startswith(
                         "text/event-stream"):
                     # No server timings: a stream's first byte splits prompt time from
                     # generation.
-                    if output_tokens > 0 and ended - first > 0:
-                        token_rate = output_tokens / (ended - first)
+                    if output_tokens > 0 and end - first > 0:
+                        token_rate = output_tokens / (end - first)
                     if input_tokens > 0 and first - admitted > 0:
                         prompt_rate = input_tokens / (first - admitted)
-            row_id = next_id()
-            has_capture = kept is not None and self.captures.add(Capture(
+            has_capture = kept is not None and captures.add(Capture(
                 row_id, path, redact(kept.request_headers), kept.request_body,
                 redact(headers), b"".join(kept.response_body)))
             duration_ms = duration_s * 1000
             if timings_ms > duration_ms:  # the server's own clock saw more of it
                 duration_ms = timings_ms
-            values = (row_id, ended + to_wall, model, path, status, content_type,
-                      round(wait_s * 1000) if wait_s else 0, round(duration_ms),
-                      input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
-                      has_capture)
-            keep(values)
-            # /upstream/<model>/<any path>: one series, not one per path a client makes up.
-            count(model, "/upstream" if path.startswith("/upstream/") else path, status,
-                  duration_s, wait_s, input_tokens, output_tokens, cached_tokens)
-            if publish is not None:  # the row's JSON is not free: only for someone listening
-                publish("activity", ActivityRow(*values).to_json())
+            rows.append((row_id, end + to_wall, model, path, status, content_type,
+                         round(wait_s * 1000) if wait_s else 0, round(duration_ms),
+                         input_tokens, output_tokens, cached_tokens, prompt_rate, token_rate,
+                         has_capture))
+            ended.append((model, path, status, duration_s, wait_s, input_tokens, output_tokens,
+                          cached_tokens))
+        self.activity.extend(rows)
+        self.metrics.requests_ended(ended)
+        if self.bus.subscribers:  # the row's JSON is not free: only for someone listening
+            for values in rows:
+                self.bus.publish("activity", ActivityRow(*values).to_json())
 
 
 class _NoTrace(Trace):

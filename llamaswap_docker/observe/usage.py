@@ -13,13 +13,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Usage", "UsageScanner", "body_usage"]
+__all__ = ["Tokens", "Usage", "UsageScanner", "body_usage"]
 
 #: The longest partial SSE line kept between chunks (usage lines are short).
 MAX_CARRY = 1 << 20
 _MARKERS = (b'"usage"', b'"timings"')
 #: How far before a body's usage object its llama-server timings may start.
 TIMINGS_NEAR = 4096
+#: The last byte of a JSON value that is not an object (a string, array, number, literal).
+_NOT_AN_OBJECT = frozenset(b'"]0123456789el')
+#: What a response says of its tokens: input, output and cached tokens (-1: not said),
+#: prompt and generation tokens per second and the server's own milliseconds (-1: not
+#: said), and whether llama-server's timings said it.
+Tokens = tuple[int, int, int, float, float, float, bool]
 
 
 class Usage:
@@ -38,6 +44,12 @@ class Usage:
         #: llama-server's prompt_ms + predicted_ms, when it sent timings.
         self.timings_ms = -1.0
         self.from_timings = False
+
+    @property
+    def tokens(self) -> Tokens:
+        return (self.input_tokens, self.output_tokens, self.cached_tokens,
+                self.prompt_per_second, self.tokens_per_second, self.timings_ms,
+                self.from_timings)
 
     def absorb(self, document: Any) -> None:
         """Take what a JSON document (a body, or one SSE event) says of usage."""
@@ -104,31 +116,47 @@ def _float(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def body_usage(body: bytes) -> Usage | None:
+def body_usage(body: bytes) -> Tokens | None:
     """What a whole JSON body says of its tokens (None: nothing)."""
     at = body.rfind(_MARKERS[0])
     if at < 0:
-        return _parsed(body, None) if _MARKERS[1] in body else None
-    # llama-server puts its timings next to usage (just before or after it, by version).
-    if body.find(_MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
-        # Most answers end with a flat usage object: parse only that, not the whole body.
-        # This runs for every request and each bytes method call costs more than the bytes
-        # it scans, so there are as few as possible: a nested object inside usage makes the
-        # slice up to the first "}" unbalanced, which orjson refuses (then the whole body).
+        usage = _parsed(body, None) if _MARKERS[1] in body else None
+        return None if usage is None else usage.tokens
+    # This runs for every request, and each call costs more than the bytes it scans: the
+    # usual answers take as few as possible. The slices tried are only proofs of a shape:
+    # orjson refuses one that is not a complete object, and then the whole body is parsed.
+    found = None
+    if body[-1] == 125 and body[at - 2] in _NOT_AN_OBJECT:
+        # OpenAI's order: usage is the last key (the slice up to the body's last "}" is all
+        # of it), and the value before it is no object, so not llama-server's timings.
+        try:
+            found = orjson.loads(body[at + 8:-1])
+        except orjson.JSONDecodeError:
+            pass
+    if found is None and body.find(
+            _MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
+        # A flat usage object elsewhere (vLLM's order): the slice up to its first "}" is
+        # unbalanced when it is nested. llama-server's timings sit next to it when it sends
+        # them (before or after it, by version): none there, none at all.
         start = body.find(b"{", at)
         try:
             found = orjson.loads(body[start:body.find(b"}", start) + 1]) if start > 0 else None
         except orjson.JSONDecodeError:
-            found = None
-        if type(found) is dict:
-            get = found.get
-            count = get("prompt_tokens")
-            input_tokens = _int(get("input_tokens") if count is None else count, -1)
-            count = get("completion_tokens")
-            output_tokens = _int(get("output_tokens") if count is None else count, -1)
-            # Flat: no token details object; Anthropic says cache reads at the top.
-            return Usage(input_tokens, output_tokens, _int(get("cache_read_input_tokens"), -1))
-    return _parsed(body, None)
+            pass
+    if type(found) is not dict:
+        usage = _parsed(body, None)
+        return None if usage is None else usage.tokens
+    get = found.get
+    # Plain ints, as servers send them, are taken as they are; anything else goes to _int.
+    count = get("prompt_tokens")
+    if type(count) is not int:
+        count = _int(get("input_tokens") if count is None else count, -1)
+    output = get("completion_tokens")
+    if type(output) is not int:
+        output = _int(get("output_tokens") if output is None else output, -1)
+    details = get("prompt_tokens_details") or get("input_tokens_details")
+    cached = _cached(found, -1) if details or "cache_read_input_tokens" in found else -1
+    return count, output, cached, -1.0, -1.0, -1.0, False
 
 
 def _parsed(data: bytes, usage: Usage | None) -> Usage | None:

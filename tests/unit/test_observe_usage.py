@@ -17,7 +17,7 @@ from llamaswap_docker.observe import (
     StateReading,
     UsageScanner,
 )
-from llamaswap_docker.observe.usage import body_usage
+from llamaswap_docker.observe.usage import Usage, body_usage
 
 
 def sse(*events: dict) -> bytes:
@@ -25,14 +25,13 @@ def sse(*events: dict) -> bytes:
 
 
 def test_llama_server_timings_win_over_usage() -> None:
-    usage = body_usage(json.dumps({
+    tokens = body_usage(json.dumps({
         "usage": {"prompt_tokens": 1, "completion_tokens": 2},
         "timings": {"prompt_n": 11, "predicted_n": 22, "cache_n": 3, "prompt_per_second": 100.5,
                     "predicted_per_second": 40.25, "prompt_ms": 110, "predicted_ms": 546},
     }).encode())
-    assert usage is not None and usage.from_timings
-    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (11, 22, 3)
-    assert (usage.prompt_per_second, usage.tokens_per_second, usage.timings_ms) == (100.5, 40.25, 656)
+    # input, output, cached; prompt and generation tokens per second, ms; from timings
+    assert tokens == (11, 22, 3, 100.5, 40.25, 656, True)
 
 
 @pytest.mark.parametrize("timings_first", [True, False])
@@ -44,27 +43,58 @@ def test_timings_win_whether_llama_server_writes_them_before_or_after_usage(
     body = {"choices": [{"message": {"content": "x" * 9000}}],
             **({**timings, **usage} if timings_first else {**usage, "id": "c", **timings})}
     found = body_usage(json.dumps(body).encode())
-    assert found is not None and found.from_timings
-    assert (found.input_tokens, found.output_tokens, found.tokens_per_second) == (5, 6, 7.5)
+    assert found is not None and found[-1]  # from the timings
+    assert (found[0], found[1], found[4]) == (5, 6, 7.5)
 
 
 def test_a_flat_usage_is_read_and_a_nested_one_falls_back_to_the_whole_body() -> None:
     flat = body_usage(b'{"choices":[{"text":"\\"usage\\": {"}],"usage":{"input_tokens":4,'
                       b'"output_tokens":5,"cache_read_input_tokens":2},"id":"m"}')
-    assert flat is not None and (flat.input_tokens, flat.output_tokens, flat.cached_tokens) == (4, 5, 2)
+    assert flat is not None and flat[:3] == (4, 5, 2)
     nested = body_usage(json.dumps({"usage": {
         "input_tokens": 4, "cache_creation": {"ephemeral_5m_input_tokens": 0},
         "output_tokens": 5, "cache_read_input_tokens": 3}}).encode())
-    assert nested is not None
-    assert (nested.input_tokens, nested.output_tokens, nested.cached_tokens) == (4, 5, 3)
+    assert nested is not None and nested[:3] == (4, 5, 3)
 
 
 def test_openai_usage_with_cached_tokens() -> None:
-    usage = body_usage(json.dumps({"choices": [], "usage": {
+    tokens = body_usage(json.dumps({"choices": [], "usage": {
         "prompt_tokens": 30, "completion_tokens": 7,
         "prompt_tokens_details": {"cached_tokens": 16}}}).encode())
-    assert usage is not None
-    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (30, 7, 16)
+    assert tokens is not None and tokens[:3] == (30, 7, 16)
+
+
+USAGE_SHAPES = {
+    "openai": {"usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}},
+    "openai cached": {"usage": {"prompt_tokens": 9, "completion_tokens": 4,
+                                "prompt_tokens_details": {"cached_tokens": 6}}},
+    "responses": {"usage": {"input_tokens": 9, "output_tokens": 4,
+                            "input_tokens_details": {"cached_tokens": 5}}},
+    "anthropic": {"usage": {"input_tokens": 9, "cache_read_input_tokens": 2,
+                            "output_tokens": 4}},
+    "vllm order": {"usage": {"prompt_tokens": 9, "completion_tokens": 4,
+                             "prompt_tokens_details": None}, "prompt_logprobs": None},
+    "timings before": {"timings": {"prompt_n": 7, "predicted_n": 3, "cache_n": 1},
+                       "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
+    "timings after": {"usage": {"prompt_tokens": 9, "completion_tokens": 4}, "id": "x",
+                      "timings": {"prompt_n": 7, "predicted_n": 3}},
+    "usage null": {"usage": None},
+    "float counts": {"usage": {"prompt_tokens": 9.0, "completion_tokens": 4}},
+}
+
+
+@pytest.mark.parametrize("spacing", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+@pytest.mark.parametrize("ending", [b"", b"\n"], ids=["", "newline"])
+@pytest.mark.parametrize("shape", USAGE_SHAPES)
+def test_the_quick_reads_of_a_body_agree_with_parsing_it_whole(
+        shape: str, spacing: tuple[str, str], ending: bytes) -> None:
+    # Each shape a server sends, behind the answer's own fields, in the servers' spellings.
+    document = {"id": "c", "choices": [{"message": {"content": "a \"usage\": {"}}],
+                **USAGE_SHAPES[shape]}
+    body = json.dumps(document, separators=spacing).encode() + ending
+    whole = Usage()
+    whole.absorb(document)
+    assert body_usage(body) == whole.tokens
 
 
 @pytest.mark.parametrize("cut", [1, 7, 20, 33, 60, 97])
@@ -95,13 +125,13 @@ def test_responses_api_usage_and_infill_lists() -> None:
     assert scanner.usage is not None and scanner.usage.output_tokens == 4
     infill = body_usage(
         json.dumps([{"content": "a"}, {"timings": {"prompt_n": 2, "predicted_n": 6}}]).encode())
-    assert infill is not None and infill.output_tokens == 6
+    assert infill is not None and infill[1] == 6
 
 
 def test_no_usage_and_broken_json_say_nothing() -> None:
     for body in (b'{"choices": []}', b'{"usage": {"prompt_tokens": ', b"not json"):
-        usage = body_usage(body)
-        assert usage is None or (usage.input_tokens < 0 and usage.output_tokens < 0)
+        tokens = body_usage(body)
+        assert tokens is None or tokens[:2] == (-1, -1)
 
 
 def test_the_capture_buffer_keeps_the_newest_within_its_size() -> None:
