@@ -1,12 +1,18 @@
 """Instructions that recording costs per request, counted by callgrind (repeatable, unlike
 wall-clock runs on a shared machine).
 
-Each figure runs a recorder in a child process for N and 3N requests shaped like
-bench_relay's (a 262-byte chat completion with a flat usage object) and divides the
-difference by 2N, so start-up and import costs cancel: the request path alone (trace ... finish)
+First the recorder alone: a child process runs it for N and 3N requests shaped like
+bench_relay's (a 262-byte chat completion with a flat usage object) and the difference is
+divided by 2N, so start-up and import costs cancel: the request path alone (trace ... finish)
 and the request path with its batch (flush every 64). The request path makes the calls that
 this tree's hop makes (``--baseline-src`` runs the same calls against the baseline's recorder).
-Needs ``valgrind``.
+
+Then the whole proxy: ``llamaswap-docker serve`` under callgrind relays bench_relay's requests
+from ``wrk`` on one keep-alive connection (the same work per request in every run), recording
+on and then off; its counters are zeroed after a warm-up that fills the activity log, and
+dumped after a timed run. Instructions per relayed request, on ÷ off, is what recording leaves
+of a CPU-bound proxy's throughput, without the wall clock's noise. Needs ``valgrind``, and for
+the proxy part Docker, ``wrk`` and bench_relay's images (built when missing).
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import httpx
+
+from bench_relay import NGINX_IMAGE, ensure_images, run_wrk, wrk_script
+from common import PIDS, proxy_process
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = '''
@@ -64,9 +75,30 @@ def per_request(src: Path, phase: str, requests: int) -> float:
         2 * requests)
 
 
+def proxy_per_request(src: Path, recording: bool, seconds: float) -> tuple[float, float]:
+    """Instructions per request relayed by the whole proxy, and the requests it relayed."""
+    with tempfile.TemporaryDirectory() as tmp, wrk_script() as script, proxy_process(
+            {"bench": {"image": NGINX_IMAGE, "port": 8080, "checkEndpoint": "/health"}},
+            src=None if src == REPO else src, env={"LLAMASWAP_RECORDING": str(recording).lower()},
+            wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out"),
+            start_timeout=600) as url:
+        httpx.post(f"{url}/api/models/load/bench", timeout=600).raise_for_status()
+        # Past the activity log's 1000 rows: each new row then pushes out the oldest.
+        run_wrk(url, 1, max(10.0, seconds / 2), script)
+        pid = str(PIDS[url])
+        subprocess.run(["callgrind_control", "--zero", pid], capture_output=True, check=True)
+        relayed = run_wrk(url, 1, seconds, script)["requests"]
+        subprocess.run(["callgrind_control", "--dump", pid], capture_output=True, check=True)
+        [dump] = Path(tmp).glob("out.*")
+        total = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
+    return total / relayed, relayed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3200)
+    parser.add_argument("--proxy-seconds", type=float, default=15,
+                        help="seconds of relaying per whole-proxy run (0: skip that part)")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="also count the package in this source tree (a `git worktree`)")
     args = parser.parse_args()
@@ -79,6 +111,15 @@ def main() -> int:
         both = per_request(src, "batch", args.requests)
         print(f"  {name:>10}: request path {hot:8,.0f}   batch {both - hot:8,.0f}   "
               f"total {both:8,.0f}")
+    if args.proxy_seconds <= 0:
+        return 0
+    ensure_images()
+    print(f"\nthe whole proxy, instructions per relayed request (c=1, {args.proxy_seconds:g} s):")
+    for name, src in trees.items():
+        on, done_on = proxy_per_request(src, True, args.proxy_seconds)
+        off, done_off = proxy_per_request(src, False, args.proxy_seconds)
+        print(f"  {name:>10}: recording on {on:9,.0f} ({done_on:,.0f} requests)   off {off:9,.0f} "
+              f"({done_off:,.0f})   recording costs {on - off:7,.0f}   off ÷ on = {off / on:.3f}")
     return 0
 
 

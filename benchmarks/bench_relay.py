@@ -118,7 +118,7 @@ def _ms(text: str) -> float:
 
 def run_wrk(url: str, connections: int, duration: float, script: Path,
             prefix: tuple[str, ...] = ()) -> dict[str, float]:
-    """One ``wrk`` run: req/s, p50 and p99 in ms, and failed requests."""
+    """One ``wrk`` run: req/s, p50 and p99 in ms, requests done (failed ones are printed)."""
     out = subprocess.run(
         [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s",
          str(script), f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
@@ -130,7 +130,8 @@ def run_wrk(url: str, connections: int, duration: float, script: Path,
     if bad or errors:
         print(f"  ! {url} c={connections}: {bad.group(0) if bad else ''} "
               f"{errors.group(0) if errors else ''}")
-    return {"rps": rps, "p50": p50, "p99": p99}
+    done = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": done}
 
 
 @contextlib.contextmanager

@@ -55,12 +55,13 @@ def fake_model(*args: str, port: int = 8080, **extra: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def proxy_process(models: dict[str, Any], src: Path | None = None,
-                  env: dict[str, str] | None = None, **top: Any) -> Iterator[str]:
+                  env: dict[str, str] | None = None, wrap: tuple[str, ...] = (),
+                  start_timeout: float = 30, **top: Any) -> Iterator[str]:
     """Run ``llamaswap-docker serve`` on a config in a subprocess; yield its URL.
 
     ``src``: run the package from that source tree instead (another commit, checked out with
     ``git worktree add``), for a before/after comparison in one run; ``env``: extra environment
-    (``LLAMASWAP_*`` settings).
+    (``LLAMASWAP_*`` settings); ``wrap``: a command the interpreter runs under (valgrind).
     """
     instance = f"{INSTANCE_PREFIX}{uuid.uuid4().hex[:6]}"
     config = {
@@ -75,13 +76,13 @@ def proxy_process(models: dict[str, Any], src: Path | None = None,
         path.write_text(yaml.safe_dump(config))
         environment = {**os.environ, **(env or {}), **({"PYTHONPATH": str(src)} if src else {})}
         process = subprocess.Popen(
-            [sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(path),
+            [*wrap, sys.executable, "-m", "llamaswap_docker", "serve", "-c", str(path),
              "-l", f"127.0.0.1:{port}", "--log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment, cwd=src,
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     if httpx.get(f"{url}/health", timeout=1).status_code == 200:

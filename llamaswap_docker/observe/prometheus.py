@@ -94,7 +94,7 @@ class Metrics:
         self._registry.register(_Collector(self))
 
     def requests_ended(self, ended: list[Ended]) -> None:
-        """Count a batch of finished requests.
+        """Count a batch of finished requests (``ended`` is sorted in place).
 
         Runs for every request, so per request only C code runs here: the batch is grouped by
         model (a sort), turned into columns (``zip``), and each column is counted at once.

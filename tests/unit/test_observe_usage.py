@@ -181,6 +181,37 @@ def test_upstream_paths_count_as_one_series() -> None:
     assert [row.path for row in rec.activity.rows][:2] == ["/upstream/m/a", "/upstream/m/b"]
 
 
+def test_a_batch_is_counted_as_one_request_at_a_time_would_be() -> None:
+    from bisect import bisect_left
+
+    from llamaswap_docker.observe.prometheus import REQUEST_BUCKETS
+
+    # Two models interleaved; durations on, between and above the bucket bounds; unreported
+    # (-1) and zero token counts.
+    durations = [0.0, 0.01, 0.0100001, 0.3, 600.0, 601.5, 2.5, 0.024]
+    ended = [(model, "/v1/chat/completions" if i % 3 else "/upstream/x/y", 200 if i % 2 else 499,
+              d, d / 2, i - 1, 2 * i - 1, -1) for model in ("a", "b")
+             for i, d in enumerate(durations)]
+    metrics = Metrics(lambda: StateReading({}, {}, {}), ["ready"])
+    metrics.requests_ended(list(ended[:5]))
+    metrics.requests_ended(list(ended[5:]))
+    for model in ("a", "b"):
+        mine = [e for e in ended if e[0] == model]
+        for table, column in ((metrics.durations, 3), (metrics.waits, 4)):
+            counts = [0] * (len(REQUEST_BUCKETS) + 1)
+            for e in mine:
+                counts[bisect_left(REQUEST_BUCKETS, e[column])] += 1
+            assert table[model].counts == counts
+            assert table[model].total == pytest.approx(sum(e[column] for e in mine))
+        for kind, column in (("input", 5), ("output", 6)):
+            assert metrics.tokens[(model, kind)] == sum(e[column] for e in mine if e[column] > 0)
+        assert (model, "cached") not in metrics.tokens
+        for path in ("/v1/chat/completions", "/upstream"):
+            for status in (200, 499):
+                assert metrics.requests[(model, path, status)] == sum(
+                    1 for e in mine if e[2] == status and e[1].startswith(path))
+
+
 def test_recording_off_keeps_nothing_of_any_request(monkeypatch) -> None:
     from llamaswap_docker.config import load_settings
     from llamaswap_docker.observe import RecordingOff
