@@ -122,6 +122,7 @@ async def events(request: Request) -> Response:
         # Subscribed here, not before the response: a generator that never starts (the client
         # left first) never runs its finally, and would leave its queue subscribed for good.
         state.recorder.flush()  # requests that ended before this subscriber are not news to it
+        state.manager.publish_status()  # what changed is news to the others (only that)
         subscription = state.events.subscribe()
 
         def on_log(line: str) -> None:  # called from any thread
@@ -133,7 +134,9 @@ async def events(request: Request) -> Response:
 
         log_buffer.subscribe(on_log)
         try:
-            state.manager.publish_status(force=True)  # every subscriber starts from it all
+            # This subscriber starts from every model's status.
+            subscription.offer(("modelStatus", {**state.manager.status_event(),
+                                                "time": time.time()}))
             inflight = [entry.snapshot() for entry in state.inflight.list()]
             subscription.offer(("inflight", {"op": "snapshot", "requests": inflight,
                                              "total": len(inflight), "time": time.time()}))

@@ -315,16 +315,19 @@ class ModelManager:
         if self.events.subscribers:
             self.publish_status()
 
-    def publish_status(self, force: bool = False) -> None:
+    def status_event(self) -> dict[str, Any]:
+        """The data of a ``modelStatus`` event: every configured model's status."""
+        return {"models": [s.to_json(self.config.models[s.model_id]) for s in self.status()]}
+
+    def publish_status(self) -> None:
         """A ``modelStatus`` event, when a model's state or container changed since the last."""
         # Read from the runtimes first: this runs after every step (lease releases included)
         # while anyone listens, and most steps change nothing worth a full status.
         key = tuple((m, runtime.state.value, runtime.container.id if runtime.container else None)
                     for m, runtime in sorted(self.models.items()) if m in self.config.models)
-        if force or key != self._published:
+        if key != self._published:
             self._published = key
-            self.events.publish("modelStatus", {"models": [
-                s.to_json(self.config.models[s.model_id]) for s in self.status()]})
+            self.events.publish("modelStatus", self.status_event())
 
     def _answer(self, key: int, error: LlamaswapError | None) -> None:
         future = self._futures.pop(key, None)

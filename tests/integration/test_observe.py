@@ -218,6 +218,23 @@ def test_events_across_a_swap_arrive_in_order(start_proxy) -> None:
     assert any("model ready" in e["data"] for e in reader.of("logData"))
 
 
+def test_a_new_event_reader_gets_every_status_and_the_others_no_repeat(start_proxy) -> None:
+    proxy = start_proxy({"fake": fake_model()})
+    first = EventReader(proxy.url)
+    try:
+        assert wait_for(lambda: first.of("modelStatus"))
+        second = EventReader(proxy.url)
+        try:
+            [status] = wait_for(lambda: second.of("modelStatus"))
+            assert [m["state"] for m in status["models"]] == ["stopped"]
+        finally:
+            second.close()
+        time.sleep(0.5)  # what the second's connect sent the first has reached it by now
+        assert len(first.of("modelStatus")) == 1
+    finally:
+        first.close()
+
+
 def test_a_slow_event_reader_is_dropped_from_not_waited_for(start_proxy) -> None:
     proxy = start_proxy({"fake": fake_model()})
     with httpx.stream("GET", f"{proxy.url}/api/events", timeout=30) as response:

@@ -235,3 +235,18 @@ def test_recording_off_keeps_nothing_of_any_request(monkeypatch) -> None:
     rec = asyncio.run(run())
     assert rec.activity.rows == [] and not rec.metrics.requests and not rec.metrics.tokens
     assert rec.captures.get(1) is None
+
+
+def test_a_full_event_queue_drops_and_counts_for_that_reader_only() -> None:
+    bus = EventBus(limit=3)
+    stalled, reading = bus.subscribe(), bus.subscribe()
+    for n in range(10):
+        bus.publish("activity", {"n": n})  # returns at once: nothing waits for a reader
+        reading.queue.get_nowait()
+    assert stalled.queue.qsize() == 3 and stalled.dropped == 7
+    assert [stalled.queue.get_nowait()[1]["n"] for _ in range(3)] == [0, 1, 2]
+    assert reading.dropped == 0 and reading.queue.empty()
+    bus.publish("activity", {"n": 10})  # room again: the reader gets what comes next
+    assert stalled.queue.get_nowait()[1]["n"] == 10
+    stalled.close()
+    assert bus.subscribers == {reading}
