@@ -90,7 +90,9 @@ def proxy_per_request(src: Path, recording: bool, seconds: float) -> tuple[float
         relayed = run_wrk(url, 1, seconds, script)["requests"]
         subprocess.run(["callgrind_control", "--dump", pid], capture_output=True, check=True)
         [dump] = Path(tmp).glob("out.*")
-        total = int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
+        summary = re.search(r"^summary: (\d+)", dump.read_text(), re.M)
+        assert summary, f"no summary in {dump}"
+        total = int(summary.group(1))
     return total / relayed, relayed
 
 
