@@ -20,8 +20,6 @@ MAX_CARRY = 1 << 20
 _MARKERS = (b'"usage"', b'"timings"')
 #: How far before a body's usage object its llama-server timings may start.
 TIMINGS_NEAR = 4096
-#: The last byte of a JSON value that is not an object (a string, array, number, literal).
-_NOT_AN_OBJECT = frozenset(b'"]0123456789el')
 #: What a response says of its tokens: input, output and cached tokens (-1: not said),
 #: prompt and generation tokens per second and the server's own milliseconds (-1: not
 #: said), and whether llama-server's timings said it.
@@ -126,23 +124,23 @@ def body_usage(body: bytes) -> Tokens | None:
     # usual answers take as few as possible. The slices tried are only proofs of a shape:
     # orjson refuses one that is not a complete object, and then the whole body is parsed.
     found = None
-    if body[-1] == 125 and body[at - 2] in _NOT_AN_OBJECT:
-        # OpenAI's order: usage is the last key (the slice up to the body's last "}" is all
-        # of it), and the value before it is no object, so not llama-server's timings.
-        try:
-            found = orjson.loads(body[at + 8:-1])
-        except orjson.JSONDecodeError:
-            pass
-    if found is None and body.find(
-            _MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
-        # A flat usage object elsewhere (vLLM's order): the slice up to its first "}" is
-        # unbalanced when it is nested. llama-server's timings sit next to it when it sends
-        # them (before or after it, by version): none there, none at all.
-        start = body.find(b"{", at)
-        try:
-            found = orjson.loads(body[start:body.find(b"}", start) + 1]) if start > 0 else None
-        except orjson.JSONDecodeError:
-            pass
+    # llama-server's timings sit near usage (before or after it, by version): with them, the
+    # whole body is parsed.
+    if body.find(_MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
+        if body[-1] == 125:
+            # OpenAI's order: usage is the last key, all of it up to the body's last "}".
+            try:
+                found = orjson.loads(body[at + 8:-1])
+            except orjson.JSONDecodeError:
+                pass
+        if found is None:
+            # A flat usage object elsewhere (vLLM's order): the slice up to its first "}" is
+            # unbalanced when it is nested.
+            start = body.find(b"{", at)
+            try:
+                found = orjson.loads(body[start:body.find(b"}", start) + 1]) if start > 0 else None
+            except orjson.JSONDecodeError:
+                pass
     if type(found) is not dict:
         usage = _parsed(body, None)
         return None if usage is None else usage.tokens

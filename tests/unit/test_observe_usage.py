@@ -78,6 +78,8 @@ USAGE_SHAPES = {
                        "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
     "timings after": {"usage": {"prompt_tokens": 9, "completion_tokens": 4}, "id": "x",
                       "timings": {"prompt_n": 7, "predicted_n": 3}},
+    "timings, a key, usage": {"timings": {"prompt_n": 7, "predicted_n": 3, "prompt_ms": 5},
+                              "id": "x", "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
     "usage null": {"usage": None},
     "float counts": {"usage": {"prompt_tokens": 9.0, "completion_tokens": 4}},
 }
@@ -187,10 +189,10 @@ def test_a_batch_is_counted_as_one_request_at_a_time_would_be() -> None:
     from llamaswap_docker.observe.prometheus import REQUEST_BUCKETS
 
     # Two models interleaved; durations on, between and above the bucket bounds; unreported
-    # (-1) and zero token counts.
+    # (-1), zero and nonsense (-5) token counts.
     durations = [0.0, 0.01, 0.0100001, 0.3, 600.0, 601.5, 2.5, 0.024]
     ended = [(model, "/v1/chat/completions" if i % 3 else "/upstream/x/y", 200 if i % 2 else 499,
-              d, d / 2, i - 1, 2 * i - 1, -1) for model in ("a", "b")
+              d, d / 2, i - 1, 2 * i - 1, -5 if i == 3 else -1) for model in ("a", "b")
              for i, d in enumerate(durations)]
     metrics = Metrics(lambda: StateReading({}, {}, {}), ["ready"])
     metrics.requests_ended(list(ended[:5]))
