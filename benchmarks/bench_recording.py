@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench_relay import NGINX_IMAGE, ensure_images, run_wrk, wrk_script
+from bench_relay import NGINX_MODEL, ensure_images, run_wrk, wrk_script
 from common import PIDS, proxy_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def per_request(src: Path, phase: str, requests: int) -> float:
 def proxy_per_request(src: Path, recording: bool, seconds: float) -> tuple[float, float]:
     """Instructions per request relayed by the whole proxy, and the requests it relayed."""
     with tempfile.TemporaryDirectory() as tmp, wrk_script() as script, proxy_process(
-            {"bench": {"image": NGINX_IMAGE, "port": 8080, "checkEndpoint": "/health"}},
+            {"bench": NGINX_MODEL},
             src=None if src == REPO else src, env={"LLAMASWAP_RECORDING": str(recording).lower()},
             wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out"),
             start_timeout=600) as url:

@@ -45,6 +45,8 @@ from common import PIDS, fake_model, free_port, percentile, proxy_process
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_IMAGE = "llamaswap/nginx-upstream:local"
+#: The upstream as a model: nginx answering a fixed chat completion.
+NGINX_MODEL = {"image": NGINX_IMAGE, "port": 8080, "checkEndpoint": "/health"}
 CONCURRENCY = (1, 16, 64)
 TARGETS = ("direct", "nginx", "llamaswap")
 #: Upstream-client candidates, measured alone against the same upstream.
@@ -343,7 +345,7 @@ def main() -> int:
         pass
     ensure_images()
     models = {
-        "bench": {"image": NGINX_IMAGE, "port": 8080, "checkEndpoint": "/health"},
+        "bench": NGINX_MODEL,
         "sse": fake_model("--tokens", "64"),
     }
     groups = {"all": {"swap": False, "exclusive": False, "members": ["bench", "sse"]}}

@@ -32,11 +32,10 @@ class Usage:
     __slots__ = ("input_tokens", "output_tokens", "cached_tokens", "prompt_per_second",
                  "tokens_per_second", "timings_ms", "from_timings")
 
-    def __init__(self, input_tokens: int = -1, output_tokens: int = -1,
-                 cached_tokens: int = -1) -> None:
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        self.cached_tokens = cached_tokens
+    def __init__(self) -> None:
+        self.input_tokens = -1
+        self.output_tokens = -1
+        self.cached_tokens = -1
         self.prompt_per_second = -1.0
         self.tokens_per_second = -1.0
         #: llama-server's prompt_ms + predicted_ms, when it sent timings.
@@ -85,14 +84,26 @@ class Usage:
             return
         # An Anthropic stream says input tokens at the start and output tokens at the end:
         # keep what each event says, never a missing field as 0.
-        get = usage.get
-        count = get("prompt_tokens")
-        self.input_tokens = _int(get("input_tokens") if count is None else count,
-                                 self.input_tokens)
-        count = get("completion_tokens")
-        self.output_tokens = _int(get("output_tokens") if count is None else count,
-                                  self.output_tokens)
-        self.cached_tokens = _cached(usage, self.cached_tokens)
+        self.input_tokens, self.output_tokens, self.cached_tokens = _counts(
+            usage, self.input_tokens, self.output_tokens, self.cached_tokens)
+
+
+def _counts(usage: dict[str, Any], input_tokens: int, output_tokens: int,
+            cached_tokens: int) -> tuple[int, int, int]:
+    """The input, output and cached tokens a usage object says (the defaults where not)."""
+    # Runs for every request: plain ints, as servers send them, are taken as they are, and
+    # the cache fields are looked for only where there are any.
+    get = usage.get
+    count = get("prompt_tokens")
+    if type(count) is not int:
+        count = _int(get("input_tokens") if count is None else count, input_tokens)
+    output = get("completion_tokens")
+    if type(output) is not int:
+        output = _int(get("output_tokens") if output is None else output, output_tokens)
+    if get("prompt_tokens_details") or get("input_tokens_details") or (
+            "cache_read_input_tokens" in usage):
+        cached_tokens = _cached(usage, cached_tokens)
+    return count, output, cached_tokens
 
 
 def _cached(usage: dict[str, Any], default: int) -> int:
@@ -117,9 +128,6 @@ def _float(value: Any, default: float) -> float:
 def body_usage(body: bytes) -> Tokens | None:
     """What a whole JSON body says of its tokens (None: nothing)."""
     at = body.rfind(_MARKERS[0])
-    if at < 0:
-        usage = _parsed(body, None) if _MARKERS[1] in body else None
-        return None if usage is None else usage.tokens
     # This runs for every request, and each call costs more than the bytes it scans: the
     # usual answers take as few as possible. The slices tried are only proofs of a shape:
     # orjson refuses one that is not a complete object, and then the whole body is parsed.
@@ -127,6 +135,8 @@ def body_usage(body: bytes) -> Tokens | None:
     # llama-server's timings sit near usage (before or after it, by version): with them, the
     # whole body is parsed.
     if body.find(_MARKERS[1], at - TIMINGS_NEAR if at > TIMINGS_NEAR else 0) < 0:
+        if at < 0:
+            return None  # neither usage nor timings
         if body[-1] == 125:
             # OpenAI's order: usage is the last key, all of it up to the body's last "}".
             try:
@@ -144,17 +154,7 @@ def body_usage(body: bytes) -> Tokens | None:
     if type(found) is not dict:
         usage = _parsed(body, None)
         return None if usage is None else usage.tokens
-    get = found.get
-    # Plain ints, as servers send them, are taken as they are; anything else goes to _int.
-    count = get("prompt_tokens")
-    if type(count) is not int:
-        count = _int(get("input_tokens") if count is None else count, -1)
-    output = get("completion_tokens")
-    if type(output) is not int:
-        output = _int(get("output_tokens") if output is None else output, -1)
-    details = get("prompt_tokens_details") or get("input_tokens_details")
-    cached = _cached(found, -1) if details or "cache_read_input_tokens" in found else -1
-    return count, output, cached, -1.0, -1.0, -1.0, False
+    return (*_counts(found, -1, -1, -1), -1.0, -1.0, -1.0, False)
 
 
 def _parsed(data: bytes, usage: Usage | None) -> Usage | None:
