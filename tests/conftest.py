@@ -242,7 +242,7 @@ class ProxyHandle:
             self.app, "127.0.0.1", port, timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, name="test-proxy", daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise AssertionError("the test proxy did not start")
@@ -324,7 +324,7 @@ class ProxyProcess:
              "-l", f"127.0.0.1:{self.port}", "--log-level", "debug"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:

@@ -42,7 +42,7 @@ def cli(*args: str, url: str | None = None, timeout: float = 120,
                           text=True, cwd=REPO, env=full_env, timeout=timeout)
 
 
-def read_lines_until(process: subprocess.Popen[bytes], needle: str, timeout: float = 20) -> list[str]:
+def read_lines_until(process: subprocess.Popen[bytes], needle: str, timeout: float = 60) -> list[str]:
     """Lines of a running process's unbuffered stdout until one contains ``needle``."""
     assert process.stdout is not None
     selector = selectors.DefaultSelector()
@@ -171,7 +171,7 @@ def test_logs_without_a_model_prints_and_follows_the_proxy_log(proxy) -> None:
         assert process.stdout is not None
         selector = selectors.DefaultSelector()
         selector.register(process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not selector.select(timeout=0.2):
             assert time.monotonic() < deadline, "logs -f printed nothing"
             logger.info("cli-follow-marker")
@@ -324,10 +324,9 @@ def test_log_followers_do_not_hold_up_a_graceful_shutdown(proxy_processes) -> No
         read_lines_until(followers[0], "proxy starting")
         read_lines_until(followers[1], "ready")
 
-        started = time.monotonic()
         server.signal(signal.SIGTERM)
+        # A follower holding up the shutdown would keep it for the whole 30 s grace.
         assert server.wait(timeout=25) == 0
-        assert time.monotonic() - started < 10, "a log follower held up the shutdown"
         for follower in followers:
             follower.wait(timeout=10)
     finally:

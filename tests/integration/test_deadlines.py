@@ -44,11 +44,10 @@ def test_forced_unload_ends_a_running_stream_with_an_error_and_removes_the_conta
     proxy = start_proxy({"slow": fake_model("--token-rate", "4")})
     thread, result = stream_in_thread(proxy.url, "slow", 400)  # ≈100 s of tokens
     assert result["first"].wait(30) and result.get("status") == 200
-    started = time.monotonic()
     response = httpx.post(f"{proxy.url}/api/models/unload/slow?force=true", timeout=30)
     assert response.status_code == 200, response.text
-    thread.join(10)
-    assert result["ended_at"] is not None and result["ended_at"] - started < 2, result
+    thread.join(60)  # the stream had ≈100 s to go: ending now is the cut
+    assert not thread.is_alive() and result["ended_at"] is not None, result
     last = json.loads(result["lines"][-1].removeprefix("data: "))
     assert "request cut" in last["error"]["message"] and "unloaded (force)" in last["error"]["message"]
     assert model_containers(docker_client, instance_name, "slow") == []
@@ -64,7 +63,7 @@ def test_inflight_lists_requests_and_cancel_cuts_one(start_proxy) -> None:
 
     cancelled = httpx.post(f"{proxy.url}/api/inflight/{entry['id']}/cancel", timeout=10)
     assert cancelled.status_code == 200
-    thread.join(10)
+    thread.join(60)
     assert not thread.is_alive() and "cancelled" in result["lines"][-1]
     assert httpx.get(f"{proxy.url}/api/inflight").json()["inflight"] == []
     again = httpx.post(f"{proxy.url}/api/inflight/{entry['id']}/cancel", timeout=10)
@@ -86,10 +85,9 @@ def test_a_stalled_reader_is_cut_and_the_swap_waiting_on_it_proceeds(start_proxy
                     % (len(body), body))
     assert b" 200 " in stalled.recv(1024)  # headers arrive; then this client reads no more
     try:
-        started = time.monotonic()
-        response = chat(proxy.url, "b")  # queues behind a's in-flight request
+        # Queues behind a's in-flight request: without the cut it would wait past chat()'s 60 s.
+        response = chat(proxy.url, "b")
         assert response.status_code == 200, response.text
-        assert time.monotonic() - started < 20
         running = {e["model"]: e for e in httpx.get(f"{proxy.url}/running?all=true").json()["running"]}
         assert running["a"]["in_flight"] == 0 and running["b"]["state"] == "ready"
     finally:

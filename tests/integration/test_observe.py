@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from llamaswap_docker.logs import logger
 from tests.conftest import chat, fake_model, llama_model
 
 NO_EOS = {"ignore_eos": True}
@@ -33,7 +34,7 @@ def prometheus(url: str) -> dict[str, float]:
     return values
 
 
-def wait_for(check, timeout: float = 10):
+def wait_for(check, timeout: float = 30):
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -162,7 +163,7 @@ class EventReader:
         self._connected = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()
-        assert self._connected.wait(10)
+        assert self._connected.wait(30)
 
     def _read(self, url: str) -> None:
         try:
@@ -229,7 +230,11 @@ def test_a_new_event_reader_gets_every_status_and_the_others_no_repeat(start_pro
             assert [m["state"] for m in status["models"]] == ["stopped"]
         finally:
             second.close()
-        time.sleep(0.5)  # what the second's connect sent the first has reached it by now
+        # Events reach a reader in the order they were published: once a line logged after the
+        # second connected has reached the first, so has anything that connect sent it.
+        marker = f"after-second-connect-{time.monotonic_ns()}"
+        logger.info(marker)
+        assert wait_for(lambda: any(marker in e["data"] for e in first.of("logData")))
         assert len(first.of("modelStatus")) == 1
     finally:
         first.close()

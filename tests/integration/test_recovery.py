@@ -21,7 +21,7 @@ from tests.conftest import (
 from tests.conftest import container_exists as exists
 
 # Slow enough that a reload would be obvious next to an adoption.
-LOAD_DELAY = "3"
+LOAD_DELAY = "1"
 
 
 def pair(**extra_a) -> dict:
@@ -52,14 +52,17 @@ def test_sigkilled_proxy_restart_adopts_both_models_and_serves_without_reload(
 ) -> None:
     before = serve_pair_then_sigkill(proxy_processes)
 
+    started_at = {model: docker_client.containers.get(cid).attrs["State"]["StartedAt"]
+                  for model, cid in before.items()}
     second = proxy_processes()  # same config file
     assert ready_ids(second.url) == before, "both containers must be adopted, not replaced"
-    started = time.monotonic()
     response = chat(second.url, "a")
-    elapsed = time.monotonic() - started
     assert response.status_code == 200
     assert response.headers["x-fake-hostname"] == before["a"][:12]
-    assert elapsed < float(LOAD_DELAY) / 2, f"first request took {elapsed:.2f}s: was it reloaded?"
+    # Served by the same container, never restarted: the model was not loaded again.
+    for model, cid in before.items():
+        state = docker_client.containers.get(cid).attrs["State"]
+        assert state["Running"] and state["StartedAt"] == started_at[model], model
     assert len(model_containers(docker_client, instance_name)) == 2
     assert "adopted running container" in second.log()
 
@@ -138,7 +141,7 @@ def test_sighup_reload_restarts_changed_stops_removed_and_keeps_untouched(
     proxy.config_path.write_text(proxy_config_yaml(models, instance_name, groups=groups))
     proxy.signal(signal.SIGHUP)
 
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
         exists(docker_client, before["a"]) or exists(docker_client, before["b"])
     ):
@@ -153,12 +156,13 @@ def test_sighup_reload_restarts_changed_stops_removed_and_keeps_untouched(
 def test_docker_kill_mid_stream_gives_a_clear_error_then_a_fresh_container(
     start_proxy, docker_client
 ) -> None:
-    proxy = start_proxy({"slow": fake_model("--tokens", "100", "--token-rate", "20")})
+    # A 100 s stream: the kill lands mid-stream however slowly this machine runs.
+    proxy = start_proxy({"slow": fake_model("--tokens", "2000", "--token-rate", "20")})
     assert chat(proxy.url, "slow").status_code == 200
     [old_id] = ready_ids(proxy.url).values()
     lines: list[str] = []
     body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "max_tokens": 100}
+            "max_tokens": 2000}
     with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=30) as stream:
         for line in stream.iter_lines():
             lines.append(line)
@@ -181,7 +185,7 @@ def test_container_dying_outside_our_control_is_noticed_without_a_request(
     [container_id] = ready_ids(proxy.url).values()
     docker_client.containers.get(container_id).kill()
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     entry: dict = {}
     while time.monotonic() < deadline:
         [entry] = httpx.get(f"{proxy.url}/running?all=true").json()["running"]
@@ -196,13 +200,22 @@ def test_container_dying_outside_our_control_is_noticed_without_a_request(
 def test_container_ignoring_sigterm_is_killed_after_stop_timeout_and_removed(
     start_proxy, docker_client, instance_name
 ) -> None:
-    proxy = start_proxy({"stubborn": fake_model("--ignore-sigterm", stopTimeout=1)})
+    # The model's stopTimeout (1 s) against the proxy-wide one (5 s): the engine's own event
+    # times say which grace the SIGKILL followed.
+    proxy = start_proxy({"stubborn": fake_model("--ignore-sigterm", stopTimeout=1)},
+                        docker={"stopTimeout": 5})
     assert chat(proxy.url, "stubborn").status_code == 200
-    started = time.monotonic()
+    [container_id] = ready_ids(proxy.url).values()
+    since = int(time.time()) - 1
     assert httpx.post(f"{proxy.url}/api/models/unload/stubborn", timeout=30).status_code == 200
-    elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 6.0, elapsed
     assert model_containers(docker_client, instance_name) == []
+    kills = {event["Actor"]["Attributes"]["signal"]: event["timeNano"] / 1e9
+             for event in docker_client.events(
+                 since=since, until=int(time.time()) + 1, decode=True,
+                 filters={"container": container_id, "event": "kill"})}
+    assert set(kills) == {"15", "9"}, kills  # SIGTERM ignored, then SIGKILL
+    grace = kills["9"] - kills["15"]
+    assert 0.9 <= grace < 4.5, f"SIGKILL came {grace:.2f}s after SIGTERM, not after stopTimeout 1"
 
 
 def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, docker_client) -> None:
@@ -210,12 +223,12 @@ def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, 
     assert chat(proxy.url, "fake").status_code == 200
     [container_id] = ready_ids(proxy.url).values()
     watcher = proxy.manager.deaths.events
-    assert watcher.connected.wait(5)
+    assert watcher.connected.wait(30)
 
     watcher.interrupt()  # the stream drops, as when the engine restarts
     docker_client.containers.get(container_id).kill()  # happens while we are not listening
 
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 30
     state = None
     while time.monotonic() < deadline:
         [entry] = httpx.get(f"{proxy.url}/running?all=true").json()["running"]
@@ -224,13 +237,13 @@ def test_event_stream_interrupted_and_restored_keeps_state_correct(start_proxy, 
             break
         time.sleep(0.1)
     assert state == "failed", "the death during the gap must be caught after reconnecting"
-    assert watcher.connected.wait(5)
+    assert watcher.connected.wait(30)
 
     # Healthy again afterwards, and later deaths are still seen.
     assert chat(proxy.url, "fake").status_code == 200
     [new_id] = ready_ids(proxy.url).values()
     docker_client.containers.get(new_id).kill()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and ready_ids(proxy.url):
         time.sleep(0.05)
     assert ready_ids(proxy.url) == {}

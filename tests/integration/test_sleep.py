@@ -4,13 +4,12 @@ upstream speaks vLLM's /sleep, /wake_up and /is_sleeping) instead of replacing c
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 
 from tests.conftest import chat, fake_model, ready_ids
 
-LOAD_DELAY_S = 4
+LOAD_DELAY_S = 1
 
 
 def sleepy(name: str, *args: str, level: int = 1) -> dict:
@@ -36,19 +35,12 @@ def debug(proxy, model: str) -> dict:
     return httpx.get(f"{container.base_url}/debug/stats", timeout=10).json()
 
 
-def timed_chat(url: str, model: str) -> tuple[httpx.Response, float]:
-    started = time.monotonic()
-    response = chat(url, model)
-    return response, time.monotonic() - started
-
-
 def test_alternating_models_sleep_and_wake_in_the_same_two_containers(start_proxy) -> None:
     proxy = start_proxy(PAIR["models"], groups=PAIR["groups"])
     ids: dict[str, str] = {}
-    swap_seconds = []
     for turn in range(10):
         model = "ab"[turn % 2]
-        response, seconds = timed_chat(proxy.url, model)
+        response = chat(proxy.url, model)
         assert response.status_code == 200, response.text
         current = states(proxy.url)
         assert current[model][0] == "ready"
@@ -58,9 +50,8 @@ def test_alternating_models_sleep_and_wake_in_the_same_two_containers(start_prox
         ids.setdefault(model, current[model][1])
         assert current[model][1] == ids[model], "a wake must reuse the container"
         assert response.headers["x-fake-hostname"] == ids[model][:12]
-        if turn >= 2:
-            swap_seconds.append(seconds)
-    assert max(swap_seconds) < LOAD_DELAY_S / 2, swap_seconds
+    # Same containers throughout, woken rather than loaded again (a load happens only when
+    # a container starts): the server's own counts of sleeps and wakes say so.
     stats = debug(proxy, "b")
     assert stats["sleep_calls"] == 4 and stats["wake_calls"] == 4, stats
 
@@ -92,8 +83,10 @@ def test_an_asleep_container_is_adopted_asleep_after_the_proxy_is_killed(proxy_p
 
     second = proxy_processes()  # the same config
     assert states(second.url) == before, "adopted as they were: a asleep, b ready"
-    response, seconds = timed_chat(second.url, "a")
+    response = chat(second.url, "a")
     assert response.status_code == 200
-    assert seconds < LOAD_DELAY_S / 2, f"waking took {seconds:.1f}s: was it reloaded?"
+    # Woken in the container it slept in: not loaded again.
     assert ready_ids(second.url) == {"a": before["a"][1]}
+    assert response.headers["x-fake-hostname"] == before["a"][1][:12]
+    assert debug(second, "a")["wake_calls"] == 1
     assert states(second.url)["b"] == ("asleep", before["b"][1])
