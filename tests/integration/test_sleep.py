@@ -30,9 +30,10 @@ def states(url: str) -> dict[str, tuple[str, str | None]]:
 
 def debug(proxy, model: str) -> dict:
     """The fake's own counters, read from its container directly (the proxy's upstream route
-    would wake it)."""
-    container = proxy.manager.models[model].container
-    return httpx.get(f"{container.base_url}/debug/stats", timeout=10).json()
+    would wake it), at the address the proxy reports for it."""
+    running = httpx.get(f"{proxy.url}/running", timeout=10).json()["running"]
+    base_url = next(entry["base_url"] for entry in running if entry["model"] == model)
+    return httpx.get(f"{base_url}/debug/stats", timeout=10).json()
 
 
 def test_alternating_models_sleep_and_wake_in_the_same_two_containers(start_proxy) -> None:
