@@ -14,6 +14,10 @@ it in the caller's dialect and the CLI prints it as one line.
     │   ├── ModelStartFailed         the container exited or never became healthy
     │   ├── ModelStopped             the container went away while serving
     │   ├── UpstreamUnavailable      the model's server could not be reached
+    │   │   └── UpstreamTimeout      it sent no response headers in timeouts.responseHeader
+    │   ├── InsufficientGpuMemory    the model cannot fit on the GPUs (routing: fit)
+    │   ├── ModelNotLoaded           an /upstream/ path that must not start a model (409)
+    │   ├── NoTargetAvailable        a selector has no target it can use now
     │   └── ConcurrencyLimitExceeded too many requests in flight for a model
     └── RequestError                 the client's request is malformed
         ├── RequestTooLarge          the body is larger than maxRequestBodySize
@@ -34,6 +38,10 @@ __all__ = [
     "ModelStartFailed",
     "ModelStopped",
     "UpstreamUnavailable",
+    "UpstreamTimeout",
+    "InsufficientGpuMemory",
+    "ModelNotLoaded",
+    "NoTargetAvailable",
     "ConcurrencyLimitExceeded",
     "RequestError",
     "RequestTooLarge",
@@ -120,6 +128,34 @@ class UpstreamUnavailable(ModelError):
 
     status_code = 502
     code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The model's server sent no response headers within ``timeouts.responseHeader`` (504)."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ModelNotLoaded(ModelError):
+    """A request that may use a model only while it is loaded (``upstream.ignorePaths``)."""
+
+    status_code = 409
+    code = "model_not_loaded"
+
+
+class NoTargetAvailable(ModelError):
+    """A selector's targets are all unusable now (e.g. every one stopping)."""
+
+    status_code = 503
+    code = "no_target_available"
+
+
+class InsufficientGpuMemory(ModelError):
+    """The model's memory need cannot fit on the GPUs even with every evictable model stopped."""
+
+    status_code = 503
+    code = "insufficient_gpu_memory"
 
 
 class ConcurrencyLimitExceeded(ModelError):

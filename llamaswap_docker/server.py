@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import threading
@@ -17,11 +16,18 @@ from loguru import logger
 
 from llamaswap_docker.api import create_app
 from llamaswap_docker.api.auth import warn_if_exposed
-from llamaswap_docker.config import Config, Settings, load_config, load_demo_config
+from llamaswap_docker.config import (
+    Config,
+    Settings,
+    config_sources,
+    load_config_sources,
+    load_demo_config,
+)
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.logs import configure_logging, intercept_stdlib_logging
 from llamaswap_docker.proxy.dialects import error_body
 from llamaswap_docker.runtime import Engine
+from llamaswap_docker.runtime.demo_images import demo_models_dir, ensure_demo_images
 from llamaswap_docker.runtime.owner import claim_instance, release_instance
 
 __all__ = [
@@ -85,19 +91,13 @@ def uvicorn_config(app: object, host: str, port: int, **overrides: object) -> uv
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 
 
-def demo_models_dir() -> Path:
-    """Where the demo's tiny model lives on the host (``LLAMASWAP_DEMO_DIR`` overrides)."""
-    configured = os.environ.get("LLAMASWAP_DEMO_DIR")
-    if configured:
-        return Path(configured).expanduser().resolve()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "llamaswap-docker" / "demo-models"
-
-
 def load_serving_config(settings: Settings) -> tuple[Config, str]:
     """The config to serve and where it came from (the demo when no file is given)."""
-    if settings.config is not None:
-        return load_config(settings.config), str(settings.config)
+    if settings.config is not None or settings.config_dir is not None:
+        source = " + ".join(filter(None, [
+            str(settings.config) if settings.config else None,
+            f"{settings.config_dir}/" if settings.config_dir else None]))
+        return load_config_sources(settings.config, settings.config_dir), source
     from llamaswap_docker.demomodel import ensure_real_model
     from llamaswap_docker.tinymodel import ensure_tiny_gguf
 
@@ -117,18 +117,19 @@ class ProxyServer(uvicorn.Server):
     """
 
     def __init__(self, config: uvicorn.Config, config_path: Path | None = None,
-                 watch_config: bool = False) -> None:
+                 watch_config: bool = False, config_dir: Path | None = None) -> None:
         super().__init__(config)
         self.config_path = config_path
-        self.watch_config = watch_config and config_path is not None
+        self.config_dir = config_dir
+        self.watch_config = watch_config and (config_path is not None or config_dir is not None)
         self.reload_requested = False
-        self._config_mtime = _mtime(config_path)
+        self._config_mtime = _mtimes(config_path, config_dir)
         self._reload_task: asyncio.Task[None] | None = None
 
     async def on_tick(self, counter: int) -> bool:
         # Every 0.1 s; look at the file once a second.
         if self.watch_config and counter % 10 == 0:
-            mtime = _mtime(self.config_path)
+            mtime = _mtimes(self.config_path, self.config_dir)
             if mtime != self._config_mtime:
                 self._config_mtime = mtime
                 self.reload_requested = True
@@ -139,11 +140,12 @@ class ProxyServer(uvicorn.Server):
 
     async def _reload(self) -> None:
         state = getattr(self.config.app.state, "llamaswap", None)
-        if state is None or self.config_path is None:
+        if state is None or (self.config_path is None and self.config_dir is None):
             logger.warning("config reload requested, but the demo config has no file to reload")
             return
         try:
-            config = await asyncio.to_thread(load_config, self.config_path)
+            config = await asyncio.to_thread(load_config_sources, self.config_path,
+                                             self.config_dir)
         except LlamaswapError as exc:
             logger.error("config reload failed, keeping the running config: {}", exc.message)
             return
@@ -181,8 +183,9 @@ class ProxyServer(uvicorn.Server):
 
 def _log_config_warnings(config: Config) -> None:
     for warning in config.warnings:
+        what = "config gives the host away" if warning.kind == "risk" else "config"
         logger.bind(file=warning.file, line=warning.line, field=warning.field).warning(
-            "config gives the host away: {}", warning.message)
+            "{}: {}", what, warning.message)
 
 
 def _mtime(path: Path | None) -> float | None:
@@ -190,6 +193,18 @@ def _mtime(path: Path | None) -> float | None:
         return path.stat().st_mtime if path is not None else None
     except OSError:
         return None
+
+
+def _mtimes(path: Path | None, folder: Path | None) -> tuple[tuple[str, float | None], ...]:
+    """The config's files and their modification times: a file added to, changed in or
+    removed from the folder changes it."""
+    if folder is None:
+        return ((str(path), _mtime(path)),)
+    try:
+        files = config_sources(path, folder)
+    except LlamaswapError:
+        files = [path] if path is not None else []  # a folder gone or emptied: reload says so
+    return tuple((str(file), _mtime(file)) for file in files)
 
 
 def run_server(settings: Settings) -> int:
@@ -204,13 +219,19 @@ def run_server(settings: Settings) -> int:
     warn_if_exposed(settings.host, config)
     _log_config_warnings(config)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
-    # Before anything touches the instance's containers: a second proxy on it would adopt,
-    # reap and remove the first one's models.
-    owner = claim_instance(engine, config.docker.instance, f"{settings.host}:{settings.port}")
+    owner = None
     try:
+        # Before anything touches the instance's containers: a second proxy on it would adopt,
+        # reap and remove the first one's models.
+        owner = claim_instance(engine, config.docker.instance, f"{settings.host}:{settings.port}")
+        if settings.config is None and settings.config_dir is None:
+            # The demo's images are built on this machine, never pulled: missing ones are
+            # built now (minutes, with progress) rather than failing the first chat with 503.
+            ensure_demo_images(engine, demo_models_dir())
         return _serve(settings, config, source, engine)
     finally:
-        release_instance(engine, config.docker.instance, owner)
+        if owner is not None:
+            release_instance(engine, config.docker.instance, owner)
         engine.close()
 
 
@@ -218,7 +239,7 @@ def _serve(settings: Settings, config: Config, source: str, engine: Engine) -> i
     app = create_app(config, engine, settings.host, settings.extra_allowed_hosts,
                      settings.recording)
     uv_config = uvicorn_config(app, settings.host, settings.port)
-    server = ProxyServer(uv_config, settings.config, settings.watch_config)
+    server = ProxyServer(uv_config, settings.config, settings.watch_config, settings.config_dir)
     # Bind before the app starts: uvicorn runs the startup (adopting containers) before its
     # own bind, and a port in use would then shut down — stopping the models another proxy
     # on that port is serving.

@@ -2,6 +2,7 @@
 
     GET  /health                     200 "OK" (no API key needed)
     GET  /running                    models that have a container (?all=true: every model)
+    GET  /api/hardware               the GPUs, and what is placed on each
     POST /api/models/load/<model>    start a model; waits until ready (?wait=false: 202 at once)
     POST /api/models/unload/<model>  stop a model once its in-flight requests finish
                                      (?force=true: at once, cutting them)
@@ -49,6 +50,9 @@ class RunningModel(BaseModel):
     waiting: int = Field(description="requests queued for the model")
     uptime_s: float | None = Field(description="seconds since the model became ready")
     failure: str | None = Field(description="why the last start failed or the container died")
+    need_bytes: int | None = Field(None, description="GPU memory the model needs (None: unknown)")
+    need_source: str = Field("none", description="declared, estimated, measured, unknown or none")
+    gpus: list[str] = Field([], description="the GPUs it runs (or is starting) on")
 
 
 class RunningList(BaseModel):
@@ -95,8 +99,10 @@ def _cutter(state: AppState, reason: str) -> Callable[[list[str]], int]:
 
 
 def _running_model(request: Request, status: ModelStatus) -> RunningModel:
-    model = app_state(request).config.models[status.model_id]
-    return RunningModel.model_validate(status.to_json(model))
+    state = app_state(request)
+    model = state.config.models[status.model_id]
+    return RunningModel.model_validate({**status.to_json(model),
+                                        **state.manager.placement_of(status.model_id)})
 
 
 @router.head("/health", include_in_schema=False)  # probes that only look at the status
@@ -117,6 +123,12 @@ async def running(
         _running_model(request, status) for status in statuses
         if all or status.state is not ModelState.STOPPED
     ])
+
+
+@router.get("/api/hardware")
+async def hardware(request: Request) -> JSONResponse:
+    """The GPU inventory (llama-swap's snapshot fields, then per GPU: memory, what is placed)."""
+    return JSONResponse(app_state(request).manager.hardware())
 
 
 @router.post("/api/models/unload", response_model=UnloadResult)

@@ -1,11 +1,12 @@
-"""The ASGI app: factory, lifespan (engine, manager, upstream client) and error rendering."""
+"""The app's factory: lifespan (engine, manager, upstream client), FastAPI's routes and
+error handlers, and the root ``ProxyApp`` (``api/asgi.py``) around them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI, Request
@@ -15,9 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from llamaswap_docker import __version__
-from llamaswap_docker.api import admin, inference, logs, observe
-from llamaswap_docker.api.errors import error_response, llamaswap_error_response
-from llamaswap_docker.api.inference import ProxyApp
+from llamaswap_docker.api import admin, dashboard, inference, logs, observe, profiles
+from llamaswap_docker.api.asgi import ProxyApp
+from llamaswap_docker.api.errors import error_answer, error_response
 from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
@@ -31,7 +32,7 @@ from llamaswap_docker.observe import (
     RecordingOff,
     StateReading,
 )
-from llamaswap_docker.proxy import InFlightRequests, UpstreamClient, dialect_for_path
+from llamaswap_docker.proxy import InFlightRequests, Router, UpstreamClient, dialect_for_path
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 from llamaswap_docker.ui import mount_ui
 
@@ -44,6 +45,14 @@ def _gauges(manager: ModelManager) -> StateReading:
     return StateReading(states={s.model_id: s.state.value for s in statuses},
                         in_flight={s.model_id: s.in_flight for s in statuses},
                         waiting={s.model_id: s.waiting for s in statuses})
+
+
+def _state_of(manager: ModelManager) -> Callable[[str], ModelState | None]:
+    """A local model's state now, for the router's selectors (None: no such model)."""
+    def state_of(model_id: str) -> ModelState | None:
+        runtime = manager.models.get(model_id)
+        return None if runtime is None else runtime.state
+    return state_of
 
 
 def new_control_client() -> httpx.AsyncClient:
@@ -65,22 +74,26 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routing = await asyncio.to_thread(resolve_routing, config.docker.routing, engine)
         containers = Containers(engine, config.docker.instance, config.docker.network, routing)
+        activity = ActivityLog(config.metrics_max_in_memory, config.store.path)
+        # Before the manager, which reads its measured needs from the same file: opening
+        # migrates it, or moves it aside when it cannot be used.
+        await asyncio.to_thread(activity.open)
         http = new_control_client()
         upstream = UpstreamClient()
         events = EventBus()
         manager = ModelManager(config, containers, http, events)
+        manager.on_container_gone = upstream.forget
         inflight = InFlightRequests(events)
         manager.metrics = metrics = Metrics(lambda: _gauges(manager), [s.value for s in ModelState])
-        activity = ActivityLog(config.metrics_max_in_memory, config.store.path)
         recorder = (Recorder if recording else RecordingOff)(
             activity, metrics, events, CaptureBuffer(config.capture_buffer << 20))
+        router = Router(lambda: manager.config, _state_of(manager), events)
         app.state.llamaswap = proxy.running.llamaswap = AppState(
             engine=engine, manager=manager, http=http, upstream=upstream, events=events,
-            inflight=inflight, recorder=recorder)
+            inflight=inflight, recorder=recorder, router=router)
         logger.bind(instance=config.docker.instance, network=config.docker.network,
                     routing=routing).info("proxy starting")
         try:
-            await asyncio.to_thread(activity.open)
             # Inside the try: a failed startup still stops what it started or adopted.
             await manager.startup()
             # What is alive now (modules, config, clients) lives as long as the proxy: keep it
@@ -111,15 +124,14 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
     app.include_router(inference.router)
     app.include_router(logs.router)
     app.include_router(observe.router)
+    app.include_router(profiles.router)
+    app.include_router(dashboard.router)  # its lifespan samples for the UI
     mount_ui(app)
     inference.document(app)
 
     @app.exception_handler(LlamaswapError)
     async def on_llamaswap_error(request: Request, exc: LlamaswapError) -> Response:
-        logger.bind(path=request.url.path, status=exc.status_code).warning(
-            "request failed: {}", exc.message.splitlines()[0]
-        )
-        return llamaswap_error_response(exc, request.url.path)
+        return error_answer(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -138,9 +150,7 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # The client gets a clean answer; starlette re-raises afterwards, so the traceback
         # reaches the log once, through the server.
-        logger.bind(path=request.url.path).error("unexpected error: {}: {}", type(exc).__name__, exc)
-        return error_response(dialect_for_path(request.url.path), 500,
-                              "internal error in llamaswap-docker; see the proxy log", "internal_error")
+        return error_answer(exc, request.url.path, traceback=False)
 
     proxy = ProxyApp(app, config, listen_host, extra_hosts)  # the lifespan above fills it
     return proxy

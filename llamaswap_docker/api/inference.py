@@ -1,9 +1,8 @@
 """Inference routes: OpenAI, Anthropic and llama-server paths, ``/upstream``, ``/v1/models``.
 
-``ProxyApp``, the app the server runs, sends the inference paths straight to the hop
-(``proxy.forward``): no routing-table scan, middleware stack, request object or dependency
-machinery on the hot path. It renders what the hop raises in the caller's dialect. FastAPI
-keeps ``/v1/models`` and the management API (and their OpenAPI schema).
+The inference paths are served by the hop (``proxy.forward``), which ``ProxyApp``
+(``api/asgi.py``) calls before FastAPI's routing; this module lists them, puts them in the
+OpenAPI document, and serves ``/v1/models``.
 """
 
 from __future__ import annotations
@@ -11,19 +10,31 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from loguru import logger
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
 
-from llamaswap_docker.api.auth import ApiKeyMiddleware
-from llamaswap_docker.api.errors import error_headers, error_response
-from llamaswap_docker.api.guard import HostOriginGuard
-from llamaswap_docker.api.state import AppState, app_state
-from llamaswap_docker.config import Config
-from llamaswap_docker.errors import LlamaswapError
-from llamaswap_docker.proxy import dialect_for_path, forward
+from llamaswap_docker.api.listing import routing_entries
+from llamaswap_docker.api.state import app_state
+from llamaswap_docker.config.schema import Capabilities
+from llamaswap_docker.errors import (
+    ConcurrencyLimitExceeded,
+    EngineError,
+    ImageNotFound,
+    ImagePullFailed,
+    InsufficientGpuMemory,
+    LlamaswapError,
+    ModelNotFound,
+    ModelNotLoaded,
+    ModelStartFailed,
+    ModelStopped,
+    NoTargetAvailable,
+    RequestError,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
-__all__ = ["router", "INFERENCE_PATHS", "ProxyApp", "document"]
+__all__ = ["router", "INFERENCE_PATHS", "UPSTREAM_METHODS", "capability_fields", "document"]
 
 #: Routes whose model is named in the request (body, form field or ?model=).
 INFERENCE_PATHS = frozenset({
@@ -49,78 +60,30 @@ UPSTREAM_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "
 router = APIRouter()
 
 
-class Running:
-    """Holder of the running ``AppState`` (None before startup and after shutdown)."""
-
-    __slots__ = ("llamaswap",)
-
-    def __init__(self) -> None:
-        self.llamaswap: AppState | None = None
-
-
-class ProxyApp:
-    """The ASGI app the server runs: inference requests straight to the hop, everything else
-    (management API, ``/v1/models``, OpenAPI) to FastAPI; Host, Origin and API keys checked
-    for both.
-
-    ``state`` is the FastAPI app's, where the lifespan puts the running ``AppState``.
-    """
-
-    def __init__(self, api: FastAPI, config: Config, listen_host: str = "127.0.0.1",
-                 extra_hosts: list[str] | None = None) -> None:
-        self.api = api
-        self.state = api.state
-        #: The running ``AppState`` as a plain attribute (``running.llamaswap``), set by the
-        #: lifespan next to ``state.llamaswap``: read on every request, faster than State's.
-        self.running = Running()
-        # Host/Origin first (a page in the operator's browser has no key to fail), then keys.
-        self._checked = HostOriginGuard(ApiKeyMiddleware(self._dispatch, config, self.running),
-                                        config, self.running, listen_host, extra_hosts)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.api(scope, receive, send)
-        else:
-            await self._checked(scope, receive, send)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            method: str = scope["method"]
-            if (method == "POST" and path in INFERENCE_PATHS) or (
-                    path.startswith("/upstream/") and method in UPSTREAM_METHODS):
-                await self._forward(scope, receive, send)
-                return
-        await self.api(scope, receive, send)
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = self.running.llamaswap
-        path: str = scope["path"]
-        try:
-            await forward(state.manager, state.upstream, state.inflight, state.recorder, scope,
-                          receive, send)
-        except LlamaswapError as exc:
-            # Raised before anything was sent (the hop reports later failures in-band).
-            logger.bind(path=path, status=exc.status_code).warning(
-                "request failed: {}", (exc.message.splitlines() or [""])[0])
-            try:
-                await error_response(dialect_for_path(path), exc.status_code, exc.message,
-                                     exc.code, error_headers(exc))(scope, receive, send)
-            except RuntimeError:  # the response had started after all: the server cuts it
-                logger.bind(path=path).warning("response cut after it started: {}", exc.message)
-        except Exception as exc:
-            logger.opt(exception=exc).bind(path=path).error(
-                "unexpected error: {}: {}", type(exc).__name__, exc)
-            try:
-                await error_response(dialect_for_path(path), 500,
-                                     "internal error in llamaswap-docker; see the proxy log",
-                                     "internal_error")(scope, receive, send)
-            except RuntimeError:  # the response had started: the server closes the connection
-                raise exc from None
-
-
 _DIALECTS = {"/v1/messages": "Anthropic Messages", "/v1/messages/count_tokens": "Anthropic",
              "/completion": "llama-server", "/infill": "llama-server"}
+
+
+#: The errors the hop answers with before the model server's own answer (its statuses are
+#: relayed as they are), each documented under its status in the OpenAPI document.
+HOP_ERRORS: tuple[type[LlamaswapError], ...] = (
+    RequestError, RequestTooLarge, UnsupportedMediaType, ModelNotFound, ModelNotLoaded,
+    ConcurrencyLimitExceeded, ModelStartFailed, ModelStopped, UpstreamUnavailable,
+    EngineError, ImageNotFound, ImagePullFailed, NoTargetAvailable, InsufficientGpuMemory,
+    UpstreamTimeout,
+)
+
+
+def error_responses() -> dict[str, dict[str, str]]:
+    """OpenAPI ``responses`` for ``HOP_ERRORS``: per status, what each error of that status
+    means (their own docstrings, so the document cannot drift from the code)."""
+    meanings: dict[int, list[str]] = {}
+    for error in HOP_ERRORS:
+        text = (error.__doc__ or error.__name__).strip().splitlines()[0].rstrip(".")
+        meanings.setdefault(error.status_code, []).append(
+            f"{text[0].lower()}{text[1:]} (`{error.code}`)")
+    return {str(status): {"description": "; ".join(texts)}
+            for status, texts in sorted(meanings.items())}
 
 
 def document(app: FastAPI) -> None:
@@ -142,11 +105,7 @@ def document(app: FastAPI) -> None:
         responses = {
             "200": {"description": "the model server's answer, relayed (JSON, or an event "
                                    "stream when the request asks for one)"},
-            "400": {"description": "malformed body, or no model named"},
-            "404": {"description": "the model is not configured"},
-            "413": {"description": "body larger than maxRequestBodySize"},
-            "502": {"description": "the model's server failed"},
-            "503": {"description": "the model could not be started"},
+            **error_responses(),
         }
         for path in sorted(INFERENCE_PATHS):
             dialect = _DIALECTS.get(path, "OpenAI")
@@ -170,6 +129,54 @@ def document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+#: Top-level /v1/models fields rendered from ``capabilities`` (llama-swap's names).
+_CAPABILITY_FIELDS = frozenset({"architecture", "capabilities", "supported_parameters",
+                                "context_length"})
+
+
+def capability_fields(caps: Capabilities) -> dict[str, Any]:
+    """A model's ``capabilities`` as llama-swap renders them in /v1/models
+    (``renderCapabilities`` in its ``internal/server/api.go``): OpenRouter-style
+    ``architecture``, a ``capabilities`` map of flags, ``supported_parameters`` and
+    ``context_length``; nothing for an empty block."""
+    if caps.empty:
+        return {}
+    fields: dict[str, Any] = {}
+    inputs, outputs = caps.in_, caps.out
+    if inputs or outputs:
+        architecture: dict[str, Any] = {}
+        if inputs:
+            architecture["input_modalities"] = list(inputs)
+        if outputs:
+            architecture["output_modalities"] = list(outputs)
+        if inputs and outputs:
+            architecture["modality"] = f"{'+'.join(inputs)}->{'+'.join(outputs)}"
+        fields["architecture"] = architecture
+    flags: dict[str, bool] = {}
+    if "image" in inputs:
+        flags["vision"] = True
+    if inputs and outputs:
+        if "audio" in inputs and "text" in outputs:
+            flags["audio_transcriptions"] = True
+        if "text" in inputs and "audio" in outputs:
+            flags["audio_speech"] = True
+        if "text" in inputs and "image" in outputs:
+            flags["image_generation"] = True
+        if "image" in inputs and "image" in outputs:
+            flags["image_to_image"] = True
+    if caps.tools:
+        flags["function_calling"] = True
+    if caps.reranker:
+        flags["reranker"] = True
+    if flags:
+        fields["capabilities"] = flags
+    if caps.tools:
+        fields["supported_parameters"] = ["tools", "tool_choice"]
+    if caps.context > 0:
+        fields["context_length"] = caps.context
+    return fields
+
+
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
 async def list_models(request: Request) -> JSONResponse:
@@ -182,7 +189,7 @@ async def list_models(request: Request) -> JSONResponse:
             continue
         ids = [model_id]
         if state.config.include_aliases_in_list:
-            ids += model.aliases
+            ids += state.config.model_aliases(model_id)  # setParamsByID names included
         for listed in ids:
             entry: dict[str, Any] = {
                 "id": listed, "object": "model", "created": created, "owned_by": "llamaswap-docker",
@@ -191,13 +198,21 @@ async def list_models(request: Request) -> JSONResponse:
                 entry["name"] = model.name
             if model.description:
                 entry["description"] = model.description
+            rendered = capability_fields(model.capabilities)
+            entry.update(rendered)
             meta = dict(model.metadata)
+            if rendered:  # as llama-swap: the rendered fields win over metadata of those names
+                meta = {k: v for k, v in meta.items() if k not in _CAPABILITY_FIELDS}
+                if "context_length" in rendered:
+                    meta["n_ctx"] = rendered["context_length"]
             if listed != model_id:
                 meta["alias_of"] = model_id
             if meta:
                 entry["meta"] = meta
             entry["state"] = state.manager.models[model_id].state.value
             entries.append(entry)
+    # Peers' models, selectors, the active profile's pins (api/listing.py).
+    entries += routing_entries(state, created, {*state.config.models, *state.config.aliases})
     entries.sort(key=lambda entry: entry["id"])
     return JSONResponse({"object": "list", "data": entries})
 

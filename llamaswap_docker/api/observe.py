@@ -1,11 +1,13 @@
 """Observability routes: activity, stats, captures, live events and Prometheus metrics.
 
     GET /api/metrics                 llama-swap's activity list (oldest first)
-    GET /api/metrics/activity        activity rows, newest first, paged and filtered
-    GET /api/metrics/stats           per model: counts, tokens, tok/s and time percentiles
+    GET /api/metrics/activity        activity rows, newest first, paged, filtered and sorted
+                                     (llama-swap's envelope and parameters, and ours)
+    GET /api/metrics/stats           per model: counts, tokens, tok/s and time percentiles;
+                                     llama-swap's totals and tok/s histograms (?model=)
     GET /api/captures/<id>           a request's bodies (``captureBuffer``)
     GET /api/events                  live events (SSE): modelStatus, swap, pull, activity,
-                                     inflight, logData
+                                     inflight, logData, profileChanged
     GET /metrics                     Prometheus text format
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+from datetime import datetime
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -29,9 +33,12 @@ from llamaswap_docker.api.logs import (
     ClosingStreamingResponse,
     queued,
 )
+from llamaswap_docker.api.readings import activity_stats, histograms_by_model, status_filter
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
+from llamaswap_docker.observe.activity import SORT_KEYS, ActivityQuery
 from llamaswap_docker.observe.prometheus import CONTENT_TYPE
+from llamaswap_docker.proxy.sse import sse_event
 
 __all__ = ["router"]
 
@@ -53,37 +60,121 @@ async def metrics_list(request: Request) -> JSONResponse:
 @router.get("/api/metrics/activity")
 async def activity(
     request: Request,
-    model: Annotated[str | None, Query(description="only this model (id or alias)")] = None,
+    model: Annotated[list[str] | None, Query(
+        description="only these models (ids or aliases); repeat for several")] = None,
+    start: Annotated[str | None, Query(description="RFC 3339 time, inclusive")] = None,
+    end: Annotated[str | None, Query(description="RFC 3339 time, inclusive")] = None,
     since: Annotated[float | None, Query(description="epoch seconds, inclusive")] = None,
     until: Annotated[float | None, Query(description="epoch seconds, inclusive")] = None,
+    min_id: Annotated[int | None, Query(ge=1, description="lowest row id")] = None,
+    max_id: Annotated[int | None, Query(ge=1, description="highest row id")] = None,
+    sort: Annotated[str, Query(description=f"one of {', '.join(SORT_KEYS)}")] = "id",
+    order: Annotated[str, Query(description="asc or desc")] = "desc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[int | None, Query(ge=1, description="1-based page of `limit` rows")] = None,
+    offset: Annotated[int | None, Query(ge=0, description="rows to skip (instead of page)")] = None,
+    status: Annotated[str | None, Query(
+        description="ok (below 400), error (400 and above), 2xx, 4xx, 5xx or one code")] = None,
 ) -> JSONResponse:
-    """Activity rows, newest first: llama-swap's row fields plus ``wait_ms``."""
+    """Activity rows, newest first: llama-swap's row fields plus ``wait_ms``, in llama-swap's
+    envelope (``data``, ``page``, ``limit``, ``total``, ``total_pages``) plus ``offset``."""
+    try:
+        query = _activity_query(model, start, end, since, until, min_id, max_id, sort, order,
+                                limit, page, offset)
+        wanted = status_filter(status)
+    except ValueError as exc:
+        return error_response("openai", 400, f"invalid request: {exc}", "invalid_request")
     state = app_state(request)
-    model_id = state.manager.resolve(model) if model else None
+    # Aliases name their model; any other name is taken as written (a removed model, a peer's).
+    query = dataclasses.replace(query, models=tuple(dict.fromkeys(
+        state.config.resolve(name) or name for name in query.models)))
     state.recorder.flush()
     activity_log = state.recorder.activity
     # The store is read in a thread; memory on the loop (a thread would race its appends).
+    if wanted is not None:  # ActivityQuery has no status: every match is read, then paged
+        page_of = slice(query.offset, query.offset + limit)
+        query = dataclasses.replace(query, limit=2**62, offset=0)
     if activity_log.store_path is None:
-        total, rows = activity_log.query(model_id, since, until, limit, offset)
+        total, rows = activity_log.query(query)
     else:
-        total, rows = await asyncio.to_thread(activity_log.query, model_id, since, until,
-                                              limit, offset)
-    return JSONResponse({"activity": [row.to_json() for row in rows], "total": total,
-                         "limit": limit, "offset": offset})
+        total, rows = await asyncio.to_thread(activity_log.query, query)
+    if wanted is not None:
+        rows = [row for row in rows if wanted(row.status)]
+        total, rows = len(rows), rows[page_of]
+        query = dataclasses.replace(query, offset=page_of.start)
+    data = [row.to_json() for row in rows]
+    return JSONResponse({
+        "data": data, "page": query.offset // limit + 1, "limit": limit, "total": total,
+        "total_pages": -(-total // limit), "offset": query.offset,
+    })
+
+
+def _activity_query(models: list[str] | None, start: str | None, end: str | None,
+                    since: float | None, until: float | None, min_id: int | None,
+                    max_id: int | None, sort: str, order: str, limit: int, page: int | None,
+                    offset: int | None) -> ActivityQuery:
+    """The query of ``/api/metrics/activity``'s parameters, checked as llama-swap checks them
+    (``parseActivityQuery``).
+
+    Raises:
+        ValueError: a parameter that cannot be used, said in a sentence.
+    """
+    if start is not None:  # with since too: the later of the two
+        start_s = _rfc3339(start, "start")
+        since = start_s if since is None else max(since, start_s)
+    if end is not None:
+        end_s = _rfc3339(end, "end")
+        until = end_s if until is None else min(until, end_s)
+    if since is not None and until is not None and since > until:
+        raise ValueError("start must be before end")
+    if min_id is not None and max_id is not None and min_id > max_id:
+        raise ValueError("min_id must be <= max_id")
+    if sort not in SORT_KEYS:
+        raise ValueError(f"invalid sort column {sort!r}: use one of {', '.join(SORT_KEYS)}")
+    if order.lower() not in ("asc", "desc"):
+        raise ValueError("order must be asc or desc")
+    if page is not None and offset is not None:
+        raise ValueError("give page or offset, not both")
+    skip = (page - 1) * limit if page is not None else offset or 0
+    names = tuple(name.strip() for name in models or () if name.strip())
+    return ActivityQuery(models=names, since=since, until=until, min_id=min_id, max_id=max_id,
+                         sort=sort, descending=order.lower() == "desc", limit=limit, offset=skip)
+
+
+def _rfc3339(text: str, name: str) -> float:
+    """Epoch seconds of an RFC 3339 time (``2025-01-31T12:00:00Z``)."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or "T" not in text.upper():
+        raise ValueError(f"invalid {name!r} timestamp {text!r}: use RFC 3339, e.g. "
+                         "2025-01-31T12:00:00Z")
+    return parsed.timestamp()
 
 
 @router.get("/api/metrics/stats")
-async def stats(request: Request) -> JSONResponse:
-    """Totals since the proxy started, and per-model percentiles over the rows in memory."""
-    recorder = app_state(request).recorder
+async def stats(request: Request, model: Annotated[str | None, Query(
+        description="llama-swap's total_* and histogram fields of this model only")] = None,
+) -> JSONResponse:
+    """Totals since the proxy started, and per-model percentiles over the rows in memory;
+    llama-swap's ``total_*`` fields and tok/s histograms (``prompt_histogram``,
+    ``gen_histogram``) over those rows, also per model."""
+    state = app_state(request)
+    recorder = state.recorder
     recorder.flush()
     metrics = recorder.metrics
     totals: dict[str, Any] = {"requests": sum(metrics.requests.values()), "swaps": metrics.swaps}
     for (_, kind), count in metrics.tokens.items():
         totals[f"{kind}_tokens"] = totals.get(f"{kind}_tokens", 0) + count
-    return JSONResponse({"totals": totals, **recorder.activity.stats()})
+    model_id = None if model is None else state.config.resolve(model) or model
+    rows = recorder.activity.rows
+    body = {"totals": totals, **recorder.activity.stats(),
+            **activity_stats(r for r in rows if model_id is None or r.model == model_id)}
+    histograms = histograms_by_model(rows)
+    for name, fields in body["models"].items():
+        fields.update(histograms.get(name, {}))
+    return JSONResponse(body)
 
 
 @router.get("/api/captures/{capture_id}")
@@ -140,6 +231,8 @@ async def events(request: Request) -> Response:
             inflight = [entry.snapshot() for entry in state.inflight.list()]
             subscription.offer(("inflight", {"op": "snapshot", "requests": inflight,
                                              "total": len(inflight), "time": time.time()}))
+            subscription.offer(("profileChanged", {"active": state.router.active_profile,
+                                                   "time": time.time()}))
             yield b": connected\n\n"
             quiet = 0.0
             async with contextlib.aclosing(queued(subscription.queue,
@@ -165,4 +258,4 @@ async def events(request: Request) -> Response:
 
 
 def _sse(kind: str, data: Any) -> bytes:
-    return b"data: " + orjson.dumps({"type": kind, "data": data}) + b"\n\n"
+    return sse_event(orjson.dumps({"type": kind, "data": data}))

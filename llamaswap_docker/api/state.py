@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 from llamaswap_docker.config import Config
 from llamaswap_docker.lifecycle import ModelManager
 from llamaswap_docker.observe import EventBus, Recorder
-from llamaswap_docker.proxy import InFlightRequests, UpstreamClient
+from llamaswap_docker.proxy import InFlightRequests, Router, UpstreamClient
 from llamaswap_docker.runtime import Engine
 
 __all__ = ["AppState", "app_state"]
@@ -33,6 +33,8 @@ class AppState:
     inflight: InFlightRequests
     #: Activity rows, Prometheus counters and captures, fed by the hop.
     recorder: Recorder
+    #: Requested names → models or peers: the active profile, selectors' reservations.
+    router: Router
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -115,6 +115,10 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", dir_okay=False, show_default=False,
         help="Config file [default: LLAMASWAP_CONFIG, else the built-in demo].")] = None,
+    config_dir: Annotated[Optional[Path], typer.Option(
+        "--config-dir", file_okay=False, show_default=False,
+        help="A folder whose *.yaml / *.yml files are merged after --config, by llama-swap's "
+             "-config-dir rules [default: LLAMASWAP_CONFIG_DIR].")] = None,
     listen: Annotated[Optional[str], typer.Option(
         "--listen", "-l", show_default=False,
         help="host:port to serve on [default: 127.0.0.1:8080].")] = None,
@@ -135,13 +139,15 @@ def serve(
     llamaswap-docker serve                               # the built-in demo
     llamaswap-docker serve -c config.yaml --watch-config
     llamaswap-docker serve -c config.yaml -l 0.0.0.0:8080
+    llamaswap-docker serve --config-dir /etc/llamaswap/conf.d   # one file per model
     ```
     """
     from llamaswap_docker.config import load_settings
     from llamaswap_docker.server import run_server
 
     settings = load_settings(
-        config=config, listen=listen, docker_host=docker_host, log_level=log_level,
+        config=config, config_dir=config_dir, listen=listen, docker_host=docker_host,
+        log_level=log_level,
         # None leaves LLAMASWAP_WATCH_CONFIG in charge.
         watch_config=True if watch_config else None,
     )

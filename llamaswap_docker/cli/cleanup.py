@@ -78,7 +78,9 @@ def cleanup(
     loaded = load_config(config) if config is not None else None
     docker_settings = loaded.docker if loaded else DockerSettings()  # the config's defaults
     instance = instance or docker_settings.instance
-    stop_timeout = docker_settings.stop_timeout
+    # The config's grace: llama-swap's unloadTimeout when it is set, else docker.stopTimeout.
+    stop_timeout = (loaded.unload_timeout if loaded and loaded.unload_timeout is not None
+                    else docker_settings.stop_timeout)
     network = docker_settings.network
     engine = Engine.from_settings(docker_host or (loaded.docker.host if loaded else None))
     try:

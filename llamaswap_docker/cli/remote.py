@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from llamaswap_docker.cli.client import DEFAULT_URL, ApiKeyOption, ProxyClient, UrlOption, model_path
+from llamaswap_docker.cli.client import (
+    DEFAULT_URL, ApiKeyOption, ProxyClient, ProxyRequestFailed, UrlOption, model_path,
+)
 from llamaswap_docker.cli.output import STATE_STYLES, human_duration, print_json, stderr, stdout
 
 __all__ = ["ps", "load", "unload", "logs", "models"]
@@ -36,6 +38,7 @@ def ps(
     """
     with ProxyClient(url, api_key) as client:
         data = client.json("GET", "/running", params={"all": "true"} if all_ else None)
+        hardware = None if json_ else _hardware(client)
     if json_:
         print_json(data)
         return
@@ -44,9 +47,12 @@ def ps(
     if not running:
         hint = "" if all_ else " (`llamaswap-docker ps -a` lists every configured model)"
         console.print(f"no model is running{hint}", markup=False)
+        _print_gpus(console, hardware)
         return
+    gpus_column = any(entry.get("gpus") for entry in running)
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("MODEL", "STATE", "CONTAINER", "IMAGE", "UP", "REQUESTS", "TTL LEFT"):
+    columns = ["MODEL", "STATE", "CONTAINER", "IMAGE", "UP", "REQUESTS", "TTL LEFT"]
+    for column in columns + (["GPUS"] if gpus_column else []):
         table.add_column(column, no_wrap=column in ("MODEL", "STATE"))
     for entry in running:
         state = entry.get("state", "?")
@@ -62,12 +68,48 @@ def ps(
             human_duration(entry.get("uptime_s")),
             requests,
             "never" if entry.get("ttl") == 0 else human_duration(ttl_left),
+            *([_gpus_cell(entry)] if gpus_column else []),
         )
     console.print(table)
+    _print_gpus(console, hardware)
     for entry in running:
         if entry.get("failure"):
             first = entry["failure"].splitlines()[0]
             console.print(Text(f"{entry['model']}: ", style="red") + Text(first))
+
+
+def _hardware(client: ProxyClient) -> dict[str, Any] | None:
+    """``GET /api/hardware``, or None from a proxy that predates it."""
+    try:
+        return client.json("GET", "/api/hardware")
+    except ProxyRequestFailed as exc:
+        if exc.status_code == 404:
+            return None
+        raise
+
+
+def _gib(value: Any) -> str:
+    return f"{value / (1 << 30):.1f}" if isinstance(value, (int, float)) else "?"
+
+
+def _gpus_cell(entry: dict[str, Any]) -> str:
+    gpus = ",".join(entry.get("gpus") or []) or "-"
+    need = entry.get("need_bytes")
+    return f"{gpus} ({_gib(need)} GiB {entry.get('need_source')})" if need else gpus
+
+
+def _print_gpus(console: Any, hardware: dict[str, Any] | None) -> None:
+    """One line per GPU: its memory, what is placed on it, the models there."""
+    if not hardware or not hardware.get("gpus"):
+        return
+    console.print(f"GPUs ({hardware.get('source')}, router {hardware.get('router')}):",
+                  markup=False)
+    for gpu in hardware["gpus"]:
+        models = ", ".join(m["model"] for m in gpu.get("models", [])) or "-"
+        console.print(
+            f"  {gpu['id']}  {gpu.get('name') or ''}  placed {_gib(gpu.get('placed_bytes'))} of "
+            f"{_gib(gpu.get('memory_usable_bytes'))} GiB, free {_gib(gpu.get('free_bytes'))} GiB"
+            f"  {models}", markup=False)
 
 
 def load(

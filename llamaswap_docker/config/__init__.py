@@ -1,6 +1,7 @@
 """Configuration of llamaswap-docker: the YAML config file and the process settings.
 
     load_config(path) -> Config      the config file (models, groups, docker...)
+    load_config_sources(path, dir)   a file and/or a folder of files, merged (--config-dir)
     load_settings(**flags) -> Settings  LLAMASWAP_* environment variables and CLI flags
     load_demo_config(models_dir)     the embedded demo config (no config file given)
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .loader import ConfigIssue, load_config, load_config_text
+from .loader import ConfigIssue, config_sources, load_config, load_config_sources, load_config_text
 from .schema import (
     DEFAULT_GROUP_ID,
     Config,
@@ -25,6 +26,10 @@ from .schema import (
     ModelConfig,
     ModelFilters,
     OnStartupHooks,
+    PeerConfig,
+    ProfileConfig,
+    SelectorConfig,
+    Timeouts,
     VolumeMount,
     split_command,
 )
@@ -43,9 +48,15 @@ __all__ = [
     "ModelConfig",
     "ModelFilters",
     "OnStartupHooks",
+    "PeerConfig",
+    "ProfileConfig",
+    "SelectorConfig",
     "Settings",
+    "Timeouts",
     "VolumeMount",
+    "config_sources",
     "load_config",
+    "load_config_sources",
     "load_config_text",
     "load_demo_config",
     "load_settings",

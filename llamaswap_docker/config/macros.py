@@ -7,9 +7,10 @@ backend's default port when unset) and id. Macro values may use macros themselve
 at the location of the string that used the macro, which the loader maps to a line.
 
 Expanded: every string under ``models.<id>`` (except the model's own ``macros``),
-``apiKeys`` and the top-level ``docker`` block. In ``filters.setParams`` a string that is
-exactly one macro keeps the macro's type (``temperature: ${temp}`` stays a number), as
-in llama-swap.
+``apiKeys``, ``peers`` (global macros only) and the top-level ``docker`` block, and the keys
+of ``filters.setParamsByID`` (``"${MODEL_ID}:high"``). In ``filters.setParams`` and
+``setParamsByID`` a string that is exactly one macro keeps the macro's type
+(``temperature: ${temp}`` stays a number), as in llama-swap.
 """
 
 from __future__ import annotations
@@ -159,13 +160,35 @@ class _Expander:
             elif key == "port":
                 out[key] = port
             elif key == "filters" and isinstance(value, dict):
-                out[key] = {
-                    k: self.walk(v, scope, (*loc, key, k), keep_type=k == "setParams")
-                    for k, v in value.items()
-                }
+                out[key] = self.filters(value, scope, (*loc, key))
             else:
                 out[key] = self.walk(value, scope, (*loc, key))
         return out
+
+    def filters(self, filters: dict[Any, Any], scope: _Scope, loc: Loc) -> dict[Any, Any]:
+        """A ``filters`` block: set values keep a lone macro's type, and setParamsByID's keys
+        are expanded too (``"${MODEL_ID}:high"``)."""
+        out: dict[Any, Any] = {}
+        for key, value in filters.items():
+            if key == "setParamsByID" and isinstance(value, dict):
+                by_id: dict[Any, Any] = {}
+                for name, params in value.items():
+                    where = (*loc, key, name)
+                    expanded = self.string(name, scope, where) if isinstance(name, str) else name
+                    if expanded in by_id:
+                        self.issues.append((where, f"{name!r} is {expanded!r} again"))
+                    by_id[expanded] = self.walk(params, scope, where, keep_type=True)
+                out[key] = by_id
+            else:
+                out[key] = self.walk(value, scope, (*loc, key), keep_type=key == "setParams")
+        return out
+
+    def peer(self, peer: dict[Any, Any], scope: _Scope, loc: Loc) -> dict[Any, Any]:
+        """A ``peers`` entry: global macros and ``${env.X}`` (an ``apiKey`` kept out of the
+        file), filters as a model's."""
+        return {key: self.filters(value, scope, (*loc, key))
+                if key == "filters" and isinstance(value, dict)
+                else self.walk(value, scope, (*loc, key)) for key, value in peer.items()}
 
 
 def expand_macros(
@@ -185,6 +208,10 @@ def expand_macros(
         out["apiKeys"] = expander.walk(data["apiKeys"], top, ("apiKeys",))
     if isinstance(data.get("docker"), dict):
         out["docker"] = expander.walk(data["docker"], top, ("docker",))
+    if isinstance(data.get("peers"), dict):
+        out["peers"] = {peer_id: expander.peer(peer, top, ("peers", peer_id))
+                        if isinstance(peer, dict) else peer
+                        for peer_id, peer in data["peers"].items()}
     models = data.get("models")
     if isinstance(models, dict):
         out["models"] = {

@@ -3,8 +3,10 @@
 Names follow llama-swap (github.com/mostlygeek/llama-swap): YAML keys are camelCase
 (``healthCheckTimeout``, ``checkEndpoint``...), Python attributes are snake_case. What
 differs is what a model *is*: an image started as a Docker container, instead of a
-command started as a local process. So ``proxy`` and ``cmdStop`` are rejected, and
-``image``, ``port``, ``volumes`` and ``docker`` are new.
+command started as a local process. So ``proxy`` and ``cmdStop`` are accepted and ignored
+(``ignored_keys``: the loader warns once per key, saying what replaces it), a ``cmd`` that
+runs ``docker``/``podman`` is refused, and ``image``, ``port``, ``volumes`` and ``docker``
+are new.
 
 These models validate values that have already had their macros expanded (see
 ``macros.py``); ``loader.py`` turns validation errors into ``file:line: field`` messages.
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -37,6 +41,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from .backends import GPU_PLATFORMS, Backend, BackendPreset, Platform, backend_preset
+from .matrix import VAR_KEY_RE, MatrixError, Program, compile_matrix
 
 __all__ = [
     "DEFAULT_GROUP_ID",
@@ -54,11 +59,19 @@ __all__ = [
     "VolumeMount",
     "ContainerOptions",
     "ModelFilters",
+    "Timeouts",
+    "ModelTimeouts",
+    "Capabilities",
     "ModelConfig",
     "GroupConfig",
     "OnStartupHooks",
     "HooksConfig",
     "DockerSettings",
+    "GpuDeclaration",
+    "MatrixConfig",
+    "RoutingConfig",
+    "RouterConfig",
+    "SchedulerConfig",
     "Config",
     "split_command",
     "parse_byte_size",
@@ -75,6 +88,8 @@ RESERVED_LABEL_PREFIX = "io.llamaswap."
 PROTECTED_PARAMS = frozenset({"model"})
 #: Validation-context key: skip ``Config.reference_issues()`` (the loader runs it itself).
 DEFER_REFERENCE_CHECKS = "defer_reference_checks"
+#: Programs that run containers: a model's ``cmd`` runs inside one, so it never starts with them.
+CONTAINER_CLIS = frozenset({"docker", "podman", "nerdctl", "docker-compose", "podman-compose"})
 
 #: A location in the config data: mapping keys and list indexes, as pydantic's ``loc``.
 Loc = tuple[str | int, ...]
@@ -246,7 +261,19 @@ def _check_macro_value(value: Any) -> Any:
     return value
 
 
-ModelId = Annotated[str, _no_blank("model id")]
+def _check_model_id(value: str) -> str:
+    # llama-swap takes any string ("GPT-OSS 20B Vulkan"); only what cannot travel in a URL
+    # path, a header or a log line whole is refused.
+    if not value.strip():
+        raise ValueError("model id must not be empty")
+    if value != value.strip():
+        raise ValueError(f"model id {value!r} must not start or end with whitespace")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"model id {value!r} must not contain control characters")
+    return value
+
+
+ModelId = Annotated[str, AfterValidator(_check_model_id)]
 GroupId = Annotated[str, _no_blank("group id")]
 Alias = Annotated[str, _no_blank("alias")]
 ApiKey = Annotated[str, _no_blank("api key")]
@@ -255,6 +282,16 @@ MacroValue = Annotated[str | int | float | bool, BeforeValidator(_check_macro_va
 Macros = dict[MacroName, MacroValue]
 StrList = Annotated[list[str], BeforeValidator(_str_list)]
 StrMap = Annotated[dict[str, str], BeforeValidator(_str_map)]
+
+
+def _check_routing_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("names of peers, profiles and selectors must not be empty")
+    return value
+
+
+#: A peer, profile or selector name: any non-empty string, as in llama-swap.
+RoutingName = Annotated[str, AfterValidator(_check_routing_name)]
 
 
 # --------------------------------------------------------------------------- volumes
@@ -336,6 +373,16 @@ DEFAULT_MAX_REQUEST_BODY_SIZE = 64 * 1024 * 1024
 Device = Annotated[str, AfterValidator(_check_device)]
 
 
+def _positive_size(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be more than 0 bytes, e.g. '24GiB'")
+    return value
+
+
+#: A memory size: bytes or Docker's form ("24g", "24GiB"), more than 0.
+MemorySize = Annotated[int, BeforeValidator(parse_byte_size), AfterValidator(_positive_size)]
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -349,6 +396,17 @@ class _Schema(BaseModel):
     #: Keys known to be wrong here, with the hint the loader shows instead of
     #: "unknown field" (mostly llama-swap keys that make no sense with containers).
     unsupported_keys: ClassVar[dict[str, str]] = {}
+    #: llama-swap keys with no meaning for containers: accepted and dropped, each with what
+    #: replaces it here; the loader warns once per key written (``config/loader.py``).
+    ignored_keys: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored_keys(cls, data: Any) -> Any:
+        ignored = cls.ignored_keys
+        if ignored and isinstance(data, dict) and not ignored.keys().isdisjoint(data):
+            return {key: value for key, value in data.items() if key not in ignored}
+        return data
 
 
 class ContainerOptions(_Schema):
@@ -368,6 +426,68 @@ class ContainerOptions(_Schema):
     privileged: bool = False
     cap_add: list[str] = []
     security_opt: list[str] = []  # e.g. "seccomp=unconfined" (vLLM's ROCm image)
+    # `docker run --ulimit`, as docker compose writes it: name → one limit (soft and hard) or
+    # {soft, hard}; -1 is unlimited (`memlock: -1` for pinned GPU memory).
+    ulimits: dict[str, tuple[int, int]] = {}
+    # `docker run --env-file`: files of KEY=VALUE lines (relative paths: from the config's
+    # folder), read when the config loads; `env` wins over them, as -e wins over --env-file.
+    env_file: list[str] = []
+    _env_from_files: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("ulimits", mode="before")
+    @classmethod
+    def _ulimit_ranges(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        ranges: dict[Any, Any] = {}
+        for name, limit in value.items():
+            if isinstance(limit, dict) and set(limit) == {"soft", "hard"}:
+                ranges[name] = (limit["soft"], limit["hard"])
+            elif isinstance(limit, str) and ":" in limit:
+                ranges[name] = tuple(limit.split(":", 1))
+            elif isinstance(limit, list) and len(limit) == 2:  # as `config show` prints it
+                ranges[name] = tuple(limit)
+            elif isinstance(limit, (int, str)) and not isinstance(limit, bool):
+                ranges[name] = (limit, limit)
+            else:
+                raise ValueError(f"ulimit {name!r} must be a number, 'soft:hard' or "
+                                 "{soft: N, hard: N}")
+        return ranges
+
+    @field_validator("env_file", mode="before")
+    @classmethod
+    def _env_file_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list):
+            return value
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        return [os.path.abspath(Path(base) / os.path.expanduser(path))
+                if isinstance(path, str) else path for path in paths]
+
+    @model_validator(mode="after")
+    def _read_env_files(self) -> ContainerOptions:
+        # Docker's env-file format: KEY=VALUE taken verbatim, `#` lines skipped, a bare KEY
+        # copied from this process's environment when set there.
+        for path in self.env_file:
+            try:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read env file {path}: {exc.strerror or exc}") from None
+            for line in lines:
+                line = line.lstrip()
+                if not line or line.startswith("#"):
+                    continue
+                key, sep, val = line.partition("=")
+                if sep:
+                    self._env_from_files[key] = val
+                elif key.rstrip() in os.environ:
+                    self._env_from_files[key.rstrip()] = os.environ[key.rstrip()]
+        return self
+
+    @property
+    def env_from_files(self) -> dict[str, str]:
+        """The variables ``env_file`` sets, in file order (a later file wins)."""
+        return dict(self._env_from_files)
 
     @field_validator("shm_size", "memory", mode="before")
     @classmethod
@@ -391,12 +511,85 @@ class ContainerOptions(_Schema):
         return labels
 
 
+class Timeouts(_Schema):
+    """``timeouts:`` of a model or a peer (llama-swap's names): seconds to open a connection
+    and to wait for the response headers once the request is sent. None: the default of
+    where it is used; 0: no limit (as in llama-swap)."""
+
+    connect: float | None = Field(None, ge=0)
+    response_header: float | None = Field(None, ge=0, alias="responseHeader")
+
+
+class ModelTimeouts(Timeouts):
+    """A model's ``timeouts:``. ``connect`` (default 10 s) and ``responseHeader`` (default:
+    no limit) bound the hop to its container; llama-swap's other transport settings have no
+    meaning for a container reached over plain HTTP, and are accepted with a warning."""
+
+    ignored_keys: ClassVar[dict[str, str]] = {
+        "keepalive": "ignored: connections to model servers are plain keep-alive HTTP/1.1, "
+        "dropped after 3 s idle (before the servers' own 5 s idle close)",
+        "tlsHandshake": "ignored: the proxy speaks plain HTTP to model containers, there is "
+        "no TLS handshake",
+        "idleConn": "ignored: idle connections to model servers are dropped after 3 s "
+        "(before the servers' own 5 s idle close)",
+        "expectContinue": "ignored: request bodies are read whole before they are sent, so "
+        "there is no 100-continue wait",
+    }
+
+
+#: What a model takes in or puts out (llama-swap's ``capabilities.in`` / ``out``).
+Modality = Literal["text", "audio", "image"]
+
+
+class Capabilities(_Schema):
+    """``capabilities:`` what a model accepts and produces, for clients reading /v1/models
+    (llama-swap's block; rendered as its ``architecture``, ``capabilities``,
+    ``supported_parameters`` and ``context_length`` fields)."""
+
+    in_: list[Modality] = Field([], alias="in")
+    out: list[Modality] = []
+    tools: bool = False  # function calling
+    reranker: bool = False  # serves /v1/rerank
+    context: int = Field(0, ge=0)  # the largest context, in tokens; 0: not said
+
+    @property
+    def empty(self) -> bool:
+        """Nothing said: llama-swap renders no field for an all-zero block."""
+        return not (self.in_ or self.out or self.tools or self.reranker or self.context)
+
+
 class ModelFilters(_Schema):
     """Request rewriting: parameters to strip from, or force into, every request."""
 
     # "strip_params" (llama-swap's older spelling) is accepted too, as the field name.
     strip_params: str = ""  # comma-separated, as in llama-swap
+    # A key written "name?" sets the parameter only when the request does not carry it.
     set_params: dict[str, Any] = {}
+    # Parameters by the name the client asked for, applied after setParams; on a model, every
+    # key but the model's own id is also an alias of it (llama-swap's setParamsByID).
+    set_params_by_id: dict[str, dict[str, Any]] = Field({}, alias="setParamsByID")
+
+    @field_validator("set_params_by_id", mode="before")
+    @classmethod
+    def _null_is_no_params(cls, value: Any) -> Any:
+        # `"${MODEL_ID}:plain":` with nothing under it: an alias that sets nothing.
+        if isinstance(value, dict):
+            return {key: {} if params is None else params for key, params in value.items()}
+        return value
+
+    @field_validator("set_params")
+    @classmethod
+    def _set_one_way(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return _check_set_keys(params)
+
+    @field_validator("set_params_by_id")
+    @classmethod
+    def _set_one_way_by_id(cls, by_id: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, params in by_id.items():
+            if not name.strip():
+                raise ValueError("setParamsByID keys are model names and must not be empty")
+            _check_set_keys(params, f" (under {name!r})")
+        return by_id
 
     @property
     def stripped_params(self) -> list[str]:
@@ -406,19 +599,47 @@ class ModelFilters(_Schema):
 
     @property
     def effective_set_params(self) -> dict[str, Any]:
-        """Parameters to set, without protected ones (llama-swap ignores those too)."""
-        return {k: v for k, v in self.set_params.items() if k not in PROTECTED_PARAMS}
+        """Parameters to set, without protected ones (llama-swap ignores those too); a key
+        ending in ``?`` is set only where the request lacks it."""
+        return _unprotected(self.set_params)
+
+    def set_params_for(self, name: str) -> dict[str, Any]:
+        """``setParamsByID``'s parameters for the requested ``name`` (protected ones left
+        out); empty when it has none."""
+        params = self.set_params_by_id.get(name)
+        return _unprotected(params) if params else {}
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether these filters may change a request body at all."""
+        return bool(self.stripped_params or self.effective_set_params or self.set_params_by_id)
+
+
+def _unprotected(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k.removesuffix("?") not in PROTECTED_PARAMS}
+
+
+def _check_set_keys(params: dict[str, Any], where: str = "") -> dict[str, Any]:
+    for key in params:
+        name = key.removesuffix("?")
+        if not name:
+            raise ValueError(f"{key!r} names no parameter{where}")
+        if key.endswith("?") and name in params:
+            raise ValueError(f"{name!r} is set both always and only-if-absent ({name!r} and "
+                             f"{key!r}){where}: keep one")
+    return params
 
 
 class ModelConfig(_Schema):
     """One entry of ``models:``: an image, how to run it, and how to talk to it."""
 
-    unsupported_keys: ClassVar[dict[str, str]] = {
-        "proxy": "llamaswap-docker routes to the container itself; "
-        "set `port` to the container port instead",
-        "cmdStop": "containers are stopped through the Docker API; set `stopTimeout`",
-        "timeouts": "requests have no total timeout here; a start is bounded by "
-        "`healthCheckTimeout`",
+    ignored_keys: ClassVar[dict[str, str]] = {
+        "proxy": "ignored: the proxy reaches the container itself; set `port` to the port "
+        "the server listens on inside the container (${PORT} is that port)",
+        "cmdStop": "ignored: containers are stopped through the Docker API (SIGTERM, then "
+        "SIGKILL after `unloadTimeout` seconds)",
+        "tags": "ignored (llama-swap ignores it too): put labels under `metadata`, which "
+        "/v1/models shows",
     }
 
     # What runs, and on what: declared first so later fields' validators can see them.
@@ -426,6 +647,9 @@ class ModelConfig(_Schema):
     platform: Platform = "cpu"  # picks the image tag and the GPU device options
     vulkan_driver: VulkanDriver = "mesa"  # platform vulkan: /dev/dri (mesa) or NVIDIA's
     gpus: Gpus = None  # None: every GPU of a GPU platform
+    # GPU memory the model needs (None: estimated from its GGUF or vLLM flags, then
+    # measured after a first load); split evenly over its GPUs.
+    vram: MemorySize | None = None
     # None: the backend preset's image (validate_default runs _image_or_preset).
     image: str = Field(None, min_length=1, validate_default=True)  # type: ignore[assignment]
     cmd: list[str] = []  # [] = the image's default command
@@ -447,7 +671,13 @@ class ModelConfig(_Schema):
     # gets a random key there, sent by the proxy only: a direct call to the container is 401.
     upstream_key_env: str | None = Field(None, pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
     send_loading_state: bool | None = None  # None: the global sendLoadingState
-    stop_timeout: int | None = Field(None, ge=0)  # None: docker.stopTimeout
+    stop_timeout: int | None = Field(None, ge=0)  # None: unloadTimeout, else docker.stopTimeout
+    # llama-swap's name of the same grace (seconds from SIGTERM to SIGKILL on unload); 0 and
+    # None: the global unloadTimeout, as in llama-swap.
+    unload_timeout: int | None = Field(None, ge=0)
+    health_check_timeout: int | None = Field(None, ge=1)  # None: the global healthCheckTimeout
+    timeouts: ModelTimeouts = ModelTimeouts()  # connect / responseHeader to the model's server
+    capabilities: Capabilities = Capabilities()  # shown in /v1/models
     # vLLM sleep mode: evicting the model puts it to sleep (level 1: weights to CPU RAM, level
     # 2: weights dropped) instead of stopping its container; the next request wakes it.
     sleep_mode: Literal[0, 1, 2] = 0
@@ -455,6 +685,17 @@ class ModelConfig(_Schema):
     filters: ModelFilters = ModelFilters()
     macros: Macros = {}
     docker: ContainerOptions = ContainerOptions()
+
+    @field_validator("unload_timeout")
+    @classmethod
+    def _one_stop_grace(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if not value:
+            return None
+        stop = info.data.get("stop_timeout")
+        if stop is not None and stop != value:
+            raise ValueError(f"unloadTimeout ({value}) and stopTimeout ({stop}) are the same "
+                             "setting, the seconds between SIGTERM and SIGKILL: keep one")
+        return value
 
     @field_validator("vulkan_driver")
     @classmethod
@@ -591,6 +832,20 @@ class ModelConfig(_Schema):
             return []
         return split_command(value) if isinstance(value, str) else _str_list(value)
 
+    @field_validator("cmd")
+    @classmethod
+    def _not_a_container_cli(cls, cmd: list[str]) -> list[str]:
+        # llama-swap's `cmd: docker run … IMAGE ARGS` (with cmdStop) is its way to containers;
+        # here the model is the container, and a container CLI inside it can never start one.
+        if cmd and posixpath.basename(cmd[0]) in CONTAINER_CLIS:
+            words = " ".join(cmd[:2])
+            raise ValueError(
+                f"cmd starts with {words!r}, but each model here already is a container: put "
+                "the image in `image` (or use `backend: llama.cpp` / `vllm`), its options in "
+                "the model's keys (`volumes`, `env`, `gpus`, `docker:`) and only the server's "
+                "arguments in `cmd`; `llamaswap-docker config import` converts it")
+        return cmd
+
     @field_validator("env", mode="before")
     @classmethod
     def _env_from_list(cls, value: Any) -> Any:
@@ -652,11 +907,21 @@ class OnStartupHooks(_Schema):
 
     preload: list[str] = []  # model ids or aliases to load right away
 
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return [] if value is None else value  # `preload:` with nothing under it
+
 
 class HooksConfig(_Schema):
     """``hooks:`` block (llama-swap spells ``on_startup`` in snake_case)."""
 
     on_startup: OnStartupHooks = Field(OnStartupHooks(), alias="on_startup")
+
+    @field_validator("on_startup", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return {} if value is None else value  # `on_startup:` with nothing under it
 
 
 class CorsConfig(_Schema):
@@ -676,6 +941,19 @@ class CorsConfig(_Schema):
         return [origin.lower() for origin in origins]
 
 
+class GpuDeclaration(_Schema):
+    """One GPU of ``docker.gpus``: declared instead of probed (any vendor, and tests)."""
+
+    id: str = Field(min_length=1)  # the index (0, 1...) or UUID containers select it by
+    memory: MemorySize  # what models may use of it
+    name: str = ""
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _index_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class DockerSettings(_Schema):
     """Top-level ``docker:`` block: the engine and how model containers are run."""
 
@@ -686,6 +964,8 @@ class DockerSettings(_Schema):
     pull_policy: PullPolicy = "missing"
     routing: Routing = "auto"  # how the proxy reaches containers: published port or network
     on_shutdown: OnShutdown = "stop"  # what happens to model containers when the proxy exits
+    # The engine's GPUs, declared (None: probed at start-up; see GET /api/hardware).
+    gpus: list[GpuDeclaration] | None = None
 
     @field_validator("network")
     @classmethod
@@ -706,18 +986,249 @@ class StoreConfig(_Schema):
     path: str | None = Field(None, min_length=1)
 
 
+#: llama-swap's peer timeouts when unset: seconds to connect, and to wait for the headers.
+PEER_CONNECT_TIMEOUT_S = 30.0
+PEER_RESPONSE_HEADER_TIMEOUT_S = 60.0
+#: llama-swap's ``upstream.ignorePaths`` when none is set: files a browser asks for.
+DEFAULT_UPSTREAM_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
+SelectorStrategy = Literal["warm", "pin", "spillover"]
+
+
+class PeerTimeouts(Timeouts):
+    """A peer's ``timeouts:``: llama-swap's HTTP transport settings. ``connect`` (30 s, the
+    TLS handshake included) and ``responseHeader`` (60 s) bound the hop; ``tlsHandshake``,
+    ``keepalive``, ``idleConn`` and ``expectContinue`` are accepted and have no effect here
+    (idle connections are kept a few seconds, a body goes with its headers)."""
+
+    tls_handshake: float | None = Field(None, ge=0)
+    keepalive: float | None = Field(None, ge=0)
+    idle_conn: float | None = Field(None, ge=0)
+    expect_continue: float | None = Field(None, ge=0)
+
+
+class PeerConfig(_Schema):
+    """One entry of ``peers:``: another server (a llama-swap, this proxy, any OpenAI-style
+    API) whose models are served through this proxy, as ``PEER/MODEL`` or by the model's
+    bare name when one peer alone has it. Never started or swapped."""
+
+    proxy: str  # base URL; the request's path is appended to it
+    api_key: str = ""  # sent as "Authorization: Bearer" and "x-api-key" ("": the client's)
+    models: list[str] = Field(min_length=1)
+    filters: ModelFilters = ModelFilters()
+    timeouts: PeerTimeouts = PeerTimeouts()
+
+    @field_validator("proxy")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// base URL "
+                             "(e.g. http://192.168.1.23:8080 or https://openrouter.ai/api)")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is no number
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: a base URL takes no query or fragment")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: list[str]) -> list[str]:
+        blank = [index for index, name in enumerate(models) if not name.strip()]
+        if blank:
+            raise ValueError(f"model name {blank[0]} is empty")
+        return list(dict.fromkeys(models))  # a repeated name is one model (as in llama-swap)
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Seconds to open a connection (TLS included); None: no limit."""
+        value = self.timeouts.connect
+        return PEER_CONNECT_TIMEOUT_S if value is None else (value or None)
+
+    @property
+    def response_header_timeout(self) -> float | None:
+        """Seconds to wait for the response headers; None: no limit."""
+        value = self.timeouts.response_header
+        return PEER_RESPONSE_HEADER_TIMEOUT_S if value is None else (value or None)
+
+
+class ProfileConfig(_Schema):
+    """One entry of ``profiles:``: requested names replaced by others while it is active
+    (``PUT /api/profiles/active``); an empty target makes the name answer 404."""
+
+    description: str = ""
+    pins: dict[str, str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping_form(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            raise ValueError(
+                "llama-swap's old list form of a profile (NAME: [model, ...], requested as "
+                "'NAME:model') is gone there and here: to run models side by side use a group "
+                "with `swap: false`; a profile now is {description: ..., pins: {requested "
+                "name: model id}}")
+        return value
+
+    @field_validator("pins", mode="before")
+    @classmethod
+    def _null_disables(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # `image-gen: ~` disables that name, as "" does
+            return {key: "" if target is None else _scalar_to_str(target)
+                    for key, target in value.items()}
+        return value
+
+    @field_validator("pins")
+    @classmethod
+    def _some_pins(cls, pins: dict[str, str]) -> dict[str, str]:
+        if not pins:
+            raise ValueError("a profile pins at least one name")
+        if any(not name.strip() for name in pins):
+            raise ValueError("pin names must not be empty")
+        return pins
+
+
+class SelectorSettings(_Schema):
+    """A selector's ``settings:``."""
+
+    # Requests each active target takes before the next target is started (spillover).
+    spillover: int = Field(1, ge=1)
+
+
+class SelectorConfig(_Schema):
+    """One entry of ``selectors:``: a name that picks one of its targets per request.
+
+    pin: always the first. warm: the first ready target, else the first starting one, else
+    the first (started). spillover: targets in order, each taking ``settings.spillover``
+    requests at once before the next is used.
+    """
+
+    strategy: SelectorStrategy
+    targets: list[str] = Field(min_length=1)
+    settings: SelectorSettings = SelectorSettings()
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: dict[str, Any] = {}
+
+
+class UpstreamSettings(_Schema):
+    """``upstream:``: the ``/upstream/<model>/<path>`` passthrough."""
+
+    # Regular expressions (searched in the path after the model): a matching request to a
+    # model that is not ready answers 409 instead of starting it. Empty: llama-swap's default.
+    ignore_paths: list[str] = []
+    _patterns: tuple[re.Pattern[str], ...] = PrivateAttr(())
+
+    @field_validator("ignore_paths")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return patterns
+
+    def model_post_init(self, context: Any) -> None:
+        self._patterns = tuple(re.compile(p) for p in
+                               (self.ignore_paths or DEFAULT_UPSTREAM_IGNORE_PATHS))
+
+    def ignores(self, path: str) -> bool:
+        """Whether ``path`` (after ``/upstream/<model>``, from its ``/``) must not start a model."""
+        return any(pattern.search(path) for pattern in self._patterns)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+class MatrixConfig(_Schema):
+    """llama-swap's swap matrix (``config/matrix.py``): which models may run together."""
+
+    # llama-swap's keys are snake_case here: written as they are, not camelCased.
+    vars: dict[str, str] = {}  # short name → model id
+    evict_costs: dict[str, int] = Field({}, alias="evict_costs")  # var or model → cost (1)
+    sets: dict[str, str] = Field(min_length=1)  # name → expression, in definition order
+
+
+class RouterSettings(_Schema):
+    """``routing.router.settings``: what each router reads."""
+
+    groups: dict[GroupId, GroupConfig] = {}
+    matrix: MatrixConfig | None = None
+
+    @field_validator("groups")
+    @classmethod
+    def _no_reserved_group(cls, groups: dict[str, GroupConfig]) -> dict[str, GroupConfig]:
+        if DEFAULT_GROUP_ID in groups:
+            raise ValueError(f"group id {DEFAULT_GROUP_ID!r} is reserved for ungrouped models")
+        return groups
+
+
+class RouterConfig(_Schema):
+    """``routing.router``: what stops when a model starts, and where it runs.
+
+    group: llama-swap's groups (the default). matrix: llama-swap's swap matrix. fit: each
+    model placed on GPUs where its memory need fits, evicting the fewest idle models.
+    """
+
+    use: Literal["group", "matrix", "fit"] | None = None  # None: group (or matrix: legacy)
+    settings: RouterSettings = RouterSettings()
+
+
+class FifoSettings(_Schema):
+    """``routing.scheduler.settings.fifo``."""
+
+    priority: dict[str, int] = {}  # model id → priority (0); higher is served first
+
+
+class SchedulerSettings(_Schema):
+    fifo: FifoSettings = FifoSettings()
+
+
+class SchedulerConfig(_Schema):
+    """``routing.scheduler``: the order queued requests are served in (FIFO by priority)."""
+
+    use: Literal["fifo"] = "fifo"
+    settings: SchedulerSettings = SchedulerSettings()
+
+
+class RoutingConfig(_Schema):
+    """``routing:`` as llama-swap writes it (its legacy top-level ``groups``/``matrix`` too)."""
+
+    router: RouterConfig = RouterConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
 class Config(_Schema):
     """The whole config file."""
 
-    unsupported_keys: ClassVar[dict[str, str]] = {
-        "startPort": "ports are not allocated: each model's server listens on its own "
-        "container `port`",
-        "logToStdout": "the proxy logs to stderr and GET /logs; model output is read from "
-        "the engine (GET /logs/stream/<model>); remove the key",
-        "logTimeFormat": "log lines use one fixed, greppable time format; remove the key",
+    ignored_keys: ClassVar[dict[str, str]] = {
+        "startPort": "ignored: no ports are handed out; each model's server listens on its "
+        "own container `port` (${PORT} is that port)",
+        "logToStdout": "ignored: the proxy logs to stderr (and GET /logs); a model's output "
+        "is its container's log (`llamaswap-docker logs MODEL`, GET /logs/stream/MODEL)",
+        "logTimeFormat": "ignored: log lines have one fixed time format",
+        "logRequests": "ignored: every request is recorded as an activity row "
+        "(GET /api/metrics/activity, the UI's Activity tab)",
+        "ui": "ignored: the web UI at /ui has no settings",
+        "performance": "ignored: there is no host or GPU sampling here; `docker stats` shows "
+        "each model container's CPU and memory",
+        "host": "ignored: the proxy's address is set with `serve --listen HOST:PORT` "
+        "(or LLAMASWAP_LISTEN)",
+        "port": "ignored: the proxy's address is set with `serve --listen HOST:PORT` "
+        "(or LLAMASWAP_LISTEN)",
+        "listen": "ignored: the proxy's address is set with `serve --listen HOST:PORT` "
+        "(or LLAMASWAP_LISTEN)",
+        "maxRunningModels": "ignored: which models run together is set by `groups` (swap, "
+        "exclusive, persistent)",
     }
 
     health_check_timeout: int = Field(120, ge=1)  # seconds a model may take to become healthy
+    # llama-swap's grace between SIGTERM and SIGKILL on unload, for every model; None and 0:
+    # docker.stopTimeout (the same setting under this project's name).
+    unload_timeout: int | None = Field(None, ge=0)
     global_ttl: int = Field(0, ge=0, alias="globalTTL")  # 0: never unload
     log_level: LogLevel = "info"
     include_aliases_in_list: bool = False
@@ -738,14 +1249,44 @@ class Config(_Schema):
     capture_buffer: int = Field(0, ge=0, alias="captureBuffer")
     store: StoreConfig = StoreConfig()
     macros: Macros = {}
-    models: dict[ModelId, ModelConfig] = Field(min_length=1)
+    # Empty is allowed, as in llama-swap (a proxy of peers only, or an import that left every
+    # model to a person): the loader warns.
+    models: dict[ModelId, ModelConfig] = {}
     groups: dict[GroupId, GroupConfig] = {}
     hooks: HooksConfig = HooksConfig()
     docker: DockerSettings = DockerSettings()
+    # llama-swap's legacy top-level swap matrix (routing.router.settings.matrix's old place).
+    matrix: MatrixConfig | None = None
+    # Which router decides swaps and placement (group, matrix, fit), and queue priorities.
+    routing: RoutingConfig = RoutingConfig()
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _empty_hooks(cls, value: Any) -> Any:
+        return {} if value is None else value  # `hooks:` with nothing under it
+
+    @field_validator("unload_timeout")
+    @classmethod
+    def _zero_is_the_default(cls, value: int | None) -> int | None:
+        return value or None  # llama-swap: 0 means its default
+    # Remote servers whose models are routed to as PEER/MODEL (llama-swap's peers).
+    peers: dict[RoutingName, PeerConfig] = {}
+    # Runtime-switchable name replacements (GET /api/profiles, PUT /api/profiles/active).
+    profiles: dict[RoutingName, ProfileConfig] = {}
+    # Names that pick one of several models per request (pin, warm, spillover).
+    selectors: dict[RoutingName, SelectorConfig] = {}
+    upstream: UpstreamSettings = UpstreamSettings()
 
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
+    # setParamsByID keys that are aliases, by model (model.aliases stays as written).
+    _by_id_aliases: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    # "peer/model", and a model's bare name where one peer alone has it → (peer, model).
+    _peer_names: dict[str, tuple[str, str]] = PrivateAttr(default_factory=dict)
     _group_of: dict[str, str] = PrivateAttr(default_factory=dict)
     _default_group: GroupConfig | None = PrivateAttr(None)
+    # The compiled swap matrix (config/matrix.py), or why it does not compile.
+    _matrix_program: Any = PrivateAttr(None)
+    _matrix_issue: tuple[Loc, str] | None = PrivateAttr(None)
     _warnings: list[Any] = PrivateAttr(default_factory=list)
 
     @property
@@ -756,6 +1297,11 @@ class Config(_Schema):
 
     def set_warnings(self, warnings: list[Any]) -> None:
         self._warnings = list(warnings)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _no_models_is_empty(cls, models: Any) -> Any:
+        return {} if models is None else models  # `models:` with every entry commented out
 
     @field_validator("groups")
     @classmethod
@@ -779,13 +1325,32 @@ class Config(_Schema):
             for alias in model.aliases:
                 if alias not in self.models:
                     self._aliases.setdefault(alias, model_id)
-        for group_id, group in self.groups.items():
+        for group_id, group in self.swap_groups.items():
             for member in group.members:
                 if member in self.models:
                     self._group_of.setdefault(member, group_id)
         ungrouped = [m for m in self.models if m not in self._group_of]
         if ungrouped:
             self._default_group = GroupConfig(members=ungrouped)
+        self._index_routing()
+        self._compile_matrix()
+
+    def _index_routing(self) -> None:
+        """setParamsByID names as aliases, and the names peers' models answer to."""
+        for model_id, model in self.models.items():
+            for name in model.filters.set_params_by_id:
+                if name != model_id and name not in self.models and name not in model.aliases:
+                    if self._aliases.setdefault(name, model_id) == model_id:
+                        self._by_id_aliases.setdefault(model_id, []).append(name)
+        bare: dict[str, list[tuple[str, str]]] = {}
+        for peer_id, peer in self.peers.items():
+            for name in peer.models:
+                self._peer_names.setdefault(f"{peer_id}/{name}", (peer_id, name))
+                bare.setdefault(name, []).append((peer_id, name))
+        # A bare name only where one peer alone has it, and never over a "peer/model" name.
+        for name, owners in bare.items():
+            if len(owners) == 1:
+                self._peer_names.setdefault(name, owners[0])
 
     def reference_issues(self) -> list[tuple[Loc, str]]:
         """Cross-field problems (aliases, group members, preload), each with its location."""
@@ -802,10 +1367,21 @@ class Config(_Schema):
                     issues.append((loc, f"alias {alias!r} is already used by {where}"))
                 else:
                     owners[alias] = model_id
+        for model_id, model in self.models.items():  # after every written alias, as indexed
+            for name in model.filters.set_params_by_id:
+                loc = ("models", model_id, "filters", "setParamsByID", name)
+                if name == model_id:
+                    continue
+                if name in self.models:
+                    issues.append((loc, f"{name!r} is a model id: the keys of setParamsByID other "
+                                        "than this model's own id become its aliases"))
+                elif owners.setdefault(name, model_id) != model_id:
+                    issues.append((loc, f"alias {name!r} is already used by model "
+                                        f"{owners[name]!r}"))
         first_group: dict[str, str] = {}
-        for group_id, group in self.groups.items():
+        for group_id, group in self.swap_groups.items():
             for index, member in enumerate(group.members):
-                loc = ("groups", group_id, "members", index)
+                loc = (*self._groups_loc, group_id, "members", index)
                 if member not in self.models:
                     issues.append((loc, self._unknown_model(member, aliases_ok=False)))
                 elif first_group.setdefault(member, group_id) != group_id:
@@ -816,7 +1392,89 @@ class Config(_Schema):
             if self.resolve(name) is None:
                 loc = ("hooks", "on_startup", "preload", index)
                 issues.append((loc, self._unknown_model(name, aliases_ok=True)))
+        return (issues + self._peer_issues() + self._selector_issues() + self._profile_issues()
+                + self._routing_issues())
+
+    def _peer_issues(self) -> list[tuple[Loc, str]]:
+        """Every "peer/model" name is one peer's model, and no other name (llama-swap's
+        ValidatePeerNamespace)."""
+        issues: list[tuple[Loc, str]] = []
+        for peer_id, peer in self.peers.items():
+            for index, name in enumerate(peer.models):
+                fqn, loc = f"{peer_id}/{name}", ("peers", peer_id, "models", index)
+                other = self._peer_names.get(fqn)
+                if other is not None and other != (peer_id, name):
+                    issues.append((loc, f"{fqn!r} names both this model and model {other[1]!r} "
+                                        f"of peer {other[0]!r}: rename a peer"))
+                elif fqn in self.models:
+                    issues.append((loc, f"{fqn!r} is also a model id"))
+                elif fqn in self._aliases:
+                    issues.append((loc, f"{fqn!r} is also an alias of model "
+                                        f"{self._aliases[fqn]!r}"))
+                elif fqn in self.selectors:
+                    issues.append((loc, f"{fqn!r} is also a selector"))
+        for profile_id, profile in self.profiles.items():
+            for pin in profile.pins:
+                if pin in self._peer_names and "/".join(self._peer_names[pin]) == pin:
+                    issues.append((("profiles", profile_id, "pins", pin),
+                                   f"{pin!r} is a peer's model name and cannot be pinned"))
         return issues
+
+    def _selector_issues(self) -> list[tuple[Loc, str]]:
+        issues: list[tuple[Loc, str]] = []
+        for selector_id, selector in self.selectors.items():
+            loc: Loc = ("selectors", selector_id)
+            if selector_id in self.models:
+                issues.append((loc, f"selector {selector_id!r} is also a model id"))
+            elif selector_id in self._aliases:
+                issues.append((loc, f"selector {selector_id!r} is also an alias of model "
+                                    f"{self._aliases[selector_id]!r}"))
+            chosen: dict[str, int] = {}
+            local: list[str] = []
+            for index, target in enumerate(selector.targets):
+                where: Loc = (*loc, "targets", index)
+                if target in self.selectors:
+                    issues.append((where, f"{target!r} is a selector: a selector's targets are "
+                                          "models, aliases or peers' models"))
+                    continue
+                model_id = self.resolve(target)
+                peer = self._peer_names.get(target) if model_id is None else None
+                if model_id is None and peer is None:
+                    issues.append((where, self._unknown_target(target)))
+                    continue
+                if selector.strategy == "warm" and model_id is None:
+                    issues.append((where, f"{target!r} is a peer's model: strategy 'warm' picks "
+                                          "among local models (their state is known here)"))
+                    continue
+                key = model_id or f"{peer[0]}/{peer[1]}"  # type: ignore[index]
+                if selector.strategy == "spillover" and chosen.setdefault(key, index) != index:
+                    issues.append((where, f"{target!r} is model {key!r} again "
+                                          f"(targets[{chosen[key]}])"))
+                elif model_id is not None:
+                    local.append(model_id)
+            if selector.strategy == "spillover" and len(set(local)) > 1:
+                groups = {self.group_of(model_id)[0] for model_id in local}
+                group = self.group_of(local[0])[1]
+                if len(groups) > 1 or group.swap:
+                    issues.append(((*loc, "targets"), "spillover runs its local targets side by "
+                                   "side: put them in one group with `swap: false`"))
+        return issues
+
+    def _profile_issues(self) -> list[tuple[Loc, str]]:
+        issues: list[tuple[Loc, str]] = []
+        for profile_id, profile in self.profiles.items():
+            for pin, target in profile.pins.items():
+                if (target and target not in self.selectors and self.resolve(target) is None
+                        and target not in self._peer_names):
+                    issues.append((("profiles", profile_id, "pins", pin),
+                                   self._unknown_target(target)))
+        return issues
+
+    def _unknown_target(self, name: str) -> str:
+        known = [*self.models, *self._aliases, *self._peer_names, *self.selectors]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown model {name!r}{hint}: name a model, an alias, a peer's model or a selector"
 
     def _unknown_model(self, name: str, *, aliases_ok: bool) -> str:
         if not aliases_ok and name in self._aliases:
@@ -839,12 +1497,134 @@ class Config(_Schema):
             return name
         return self._aliases.get(name)
 
-    def model(self, name: str) -> ModelConfig:
-        """The model that ``name`` (id or alias) names; KeyError if none."""
-        model_id = self.resolve(name)
-        if model_id is None:
-            raise KeyError(name)
-        return self.models[model_id]
+    def peer_model(self, name: str) -> tuple[str, str] | None:
+        """(peer id, the peer's own model name) for ``peer/model``, or for a bare model name
+        that one peer alone has; None otherwise. Local names win: ``resolve`` first."""
+        return self._peer_names.get(name)
+
+    def model_aliases(self, model_id: str) -> list[str]:
+        """A model's aliases: those written, then its setParamsByID names."""
+        return [*self.models[model_id].aliases, *self._by_id_aliases.get(model_id, ())]
+
+    # ------------------------------------------------------------------ routing
+
+    @property
+    def router(self) -> str:
+        """What decides swaps and placement: ``group`` (default), ``matrix`` or ``fit``."""
+        use = self.routing.router.use
+        if use is not None:
+            return use
+        return "matrix" if self.matrix is not None and not self._routing_style else "group"
+
+    @property
+    def _routing_style(self) -> bool:
+        """Whether ``routing.router`` is written (then llama-swap's top-level keys are not)."""
+        router = self.routing.router
+        return (router.use is not None or bool(router.settings.groups)
+                or router.settings.matrix is not None)
+
+    @property
+    def swap_groups(self) -> dict[str, GroupConfig]:
+        """The groups the router follows (``routing.router.settings.groups`` or ``groups``);
+        none under the matrix router."""
+        if self.router == "matrix":
+            return {}
+        return self.routing.router.settings.groups if self._routing_style else self.groups
+
+    @property
+    def _groups_loc(self) -> Loc:
+        return ("routing", "router", "settings", "groups") if self._routing_style else ("groups",)
+
+    @property
+    def swap_matrix(self) -> MatrixConfig | None:
+        """The swap matrix the router follows, when the router is ``matrix``."""
+        if self.router != "matrix":
+            return None
+        return self.routing.router.settings.matrix if self._routing_style else self.matrix
+
+    @property
+    def _matrix_loc(self) -> Loc:
+        return ("routing", "router", "settings", "matrix") if self._routing_style else ("matrix",)
+
+    @property
+    def matrix_program(self) -> Program | None:
+        """The compiled swap matrix (None: not the matrix router, or it does not compile)."""
+        return self._matrix_program
+
+    def evict_costs(self) -> dict[str, int]:
+        """The matrix's ``evict_costs`` by model id (vars resolved); unlisted models cost 1."""
+        matrix = self.swap_matrix
+        if matrix is None:
+            return {}
+        return {matrix.vars.get(key, key): cost for key, cost in matrix.evict_costs.items()}
+
+    def priority(self, model_id: str) -> int:
+        """The model's queue priority (``routing.scheduler.settings.fifo.priority``; 0)."""
+        priorities = self.routing.scheduler.settings.fifo.priority
+        if not priorities:
+            return 0
+        for name, value in priorities.items():
+            if self.resolve(name) == model_id:
+                return value
+        return 0
+
+    def _resolve_matrix_name(self, name: str) -> str | None:
+        """A name in a matrix: a var first, else a model id (not an alias), as llama-swap."""
+        matrix = self.swap_matrix
+        if matrix is not None and name in matrix.vars:
+            return matrix.vars[name]
+        return name if name in self.models else None
+
+    def _compile_matrix(self) -> None:
+        matrix = self.swap_matrix
+        if matrix is None:
+            return
+        try:
+            self._matrix_program = compile_matrix(matrix.sets.items(), self._resolve_matrix_name)
+        except MatrixError as exc:
+            # The set named first in the message, else the sets as a whole.
+            where = next((name for name in matrix.sets if f"set {name!r}" in str(exc)), None)
+            loc = (*self._matrix_loc, "sets", *((where,) if where else ()))
+            self._matrix_issue = (loc, str(exc))
+
+    def _routing_issues(self) -> list[tuple[Loc, str]]:
+        """llama-swap's rules for routing: one style of keys, a valid matrix, known models."""
+        issues: list[tuple[Loc, str]] = []
+        legacy = bool(self.groups) or self.matrix is not None
+        if legacy and self._routing_style:
+            issues.append((("routing", "router"),
+                           "the config uses both the legacy top-level 'groups'/'matrix' keys and "
+                           "'routing.router': move them under routing.router.settings and remove "
+                           "them"))
+        elif self.groups and self.matrix is not None:
+            issues.append((("matrix",), "a config cannot use both 'groups' and 'matrix'"))
+        if self.routing.router.use == "matrix" and self.routing.router.settings.matrix is None:
+            issues.append((("routing", "router", "use"), "routing.router.use is 'matrix' but "
+                           "routing.router.settings.matrix is not set"))
+        matrix = self.swap_matrix
+        if matrix is not None:
+            loc = self._matrix_loc
+            for key, model_id in matrix.vars.items():
+                if not VAR_KEY_RE.match(key):
+                    issues.append(((*loc, "vars", key), f"var key {key!r} must contain only "
+                                   "alphanumeric, '-' or '.' characters and be 1-32 characters long"))
+                elif model_id not in self.models:
+                    issues.append(((*loc, "vars", key), f"var key {key!r} references "
+                                   + self._unknown_model(model_id, aliases_ok=False)))
+            for key, cost in matrix.evict_costs.items():
+                if cost <= 0:
+                    issues.append(((*loc, "evict_costs", key), f"evict_cost for {key!r} must be a "
+                                   f"positive integer, got {cost}"))
+                elif self._resolve_matrix_name(key) is None:
+                    issues.append(((*loc, "evict_costs", key),
+                                   f"evict_costs: unknown var or model {key!r}"))
+            if self._matrix_issue is not None:
+                issues.append(self._matrix_issue)
+        for name in self.routing.scheduler.settings.fifo.priority:
+            if self.resolve(name) is None:
+                issues.append((("routing", "scheduler", "settings", "fifo", "priority", name),
+                               self._unknown_model(name, aliases_ok=True)))
+        return issues
 
     def group_of(self, model_id: str) -> tuple[str, GroupConfig]:
         """The group a model belongs to; ungrouped models share ``"(default)"``.
@@ -854,16 +1634,9 @@ class Config(_Schema):
         model_id = self._id(model_id)
         group_id = self._group_of.get(model_id)
         if group_id is not None:
-            return group_id, self.groups[group_id]
+            return group_id, self.swap_groups[group_id]
         assert self._default_group is not None  # every ungrouped model is in it
         return DEFAULT_GROUP_ID, self._default_group
-
-    def effective_groups(self) -> dict[str, GroupConfig]:
-        """``groups`` plus the implicit ``"(default)"`` group when some model is ungrouped."""
-        groups = dict(self.groups)
-        if self._default_group is not None:
-            groups[DEFAULT_GROUP_ID] = self._default_group
-        return groups
 
     def effective_ttl(self, model_id: str) -> int:
         """Seconds a model may sit idle before it is unloaded; 0 = never."""
@@ -897,14 +1670,21 @@ class Config(_Schema):
         return self.models[self._id(model_id)].sleep_ttl
 
     def stop_timeout(self, model_id: str) -> int:
-        """Seconds the engine waits after SIGTERM before it kills the container."""
-        value = self.models[self._id(model_id)].stop_timeout
-        return self.docker.stop_timeout if value is None else value
+        """Seconds the engine waits after SIGTERM before it kills the container.
 
-    def preload_models(self) -> list[str]:
-        """Model ids to load at startup (aliases resolved, duplicates dropped)."""
-        ids = (self.resolve(name) for name in self.hooks.on_startup.preload)
-        return list(dict.fromkeys(i for i in ids if i is not None))
+        The model's ``stopTimeout`` or ``unloadTimeout`` (llama-swap's name), else the global
+        ``unloadTimeout``, else ``docker.stopTimeout``.
+        """
+        model = self.models[self._id(model_id)]
+        for value in (model.stop_timeout, model.unload_timeout, self.unload_timeout):
+            if value is not None:
+                return value
+        return self.docker.stop_timeout
+
+    def health_timeout(self, model_id: str) -> int:
+        """Seconds the model may take to pass its health check (or to wake up)."""
+        value = self.models[self._id(model_id)].health_check_timeout
+        return self.health_check_timeout if value is None else value
 
     def _id(self, name: str) -> str:
         model_id = self.resolve(name)

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    config: Path | None = None  # None: the embedded demo config
+    config: Path | None = None  # None: the embedded demo config (unless config_dir is set)
+    # A folder of *.yaml files merged after `config` (llama-swap's -config-dir).
+    config_dir: Path | None = None
     listen: str = "127.0.0.1:8080"  # host:port the proxy serves on
     docker_host: str | None = None  # engine URL; overrides the config's docker.host
     watch_config: bool = False  # reload the config when the file changes
@@ -53,7 +55,7 @@ class Settings(BaseSettings):
     # recording costs the relay: bench_relay.py).
     recording: bool = True
 
-    @field_validator("config")
+    @field_validator("config", "config_dir")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

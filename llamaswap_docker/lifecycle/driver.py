@@ -21,6 +21,7 @@ from loguru import logger
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import EngineError, LlamaswapError, ModelStartFailed
 from llamaswap_docker.lifecycle.health import HealthOutcome, wait_until_healthy
+from llamaswap_docker.lifecycle.placement import Placement
 from llamaswap_docker.runtime import (
     ContainerRef,
     Containers,
@@ -82,8 +83,10 @@ class ContainerDriver:
 
     async def start(self, model_id: str, config: Config, abandon: Callable[[], bool],
                     on_created: Callable[[ContainerRef], None],
-                    on_pull: Callable[[PullProgress], None] | None = None) -> ContainerRef | None:
-        """Bring the model's container up and wait until it is healthy.
+                    on_pull: Callable[[PullProgress], None] | None = None,
+                    placement: Placement | None = None) -> ContainerRef | None:
+        """Bring the model's container up (on ``placement``'s GPUs, when given) and wait until
+        it is healthy.
 
         Returns:
             The ready container, or None when the start was abandoned (container removed).
@@ -93,7 +96,7 @@ class ContainerDriver:
                 if any, is removed first).
         """
         try:
-            return await self._start(model_id, config, abandon, on_created, on_pull)
+            return await self._start(model_id, config, abandon, on_created, on_pull, placement)
         except ModelStartFailed:
             raise
         except LlamaswapError as exc:
@@ -105,10 +108,13 @@ class ContainerDriver:
 
     async def _start(self, model_id: str, config: Config, abandon: Callable[[], bool],
                      on_created: Callable[[ContainerRef], None],
-                     on_pull: Callable[[PullProgress], None] | None) -> ContainerRef | None:
+                     on_pull: Callable[[PullProgress], None] | None,
+                     placement: Placement | None) -> ContainerRef | None:
         model = config.models[model_id]
         # A new API key for each start: only the proxy can use the model's server.
         spec = ContainerSpec.from_model(model_id, model).with_new_key()
+        if placement is not None:
+            spec = spec.with_gpus(placement.devices, placement.per_device)
         created: ContainerRef | None = None
         try:
             engine = self.containers.engine
@@ -128,8 +134,9 @@ class ContainerDriver:
             on_created(created)
             container = created
             health_url = f"{container.base_url}{model.health_path}" if model.health_path else None
+            health_timeout = config.health_timeout(model_id)
             outcome, state = await wait_until_healthy(
-                self.http, health_url, config.health_check_timeout,
+                self.http, health_url, health_timeout,
                 lambda: self.state(container.id),
                 abandon=abandon, headers=key_header(container),
             )
@@ -145,7 +152,7 @@ class ContainerDriver:
                 tail = await self.logs_tail(container)
                 reason = (
                     f"container {container.name} did not pass its health check "
-                    f"({health_url}) within healthCheckTimeout={config.health_check_timeout}s"
+                    f"({health_url}) within healthCheckTimeout={health_timeout}s"
                     + (f"; last log lines:\n{tail}" if tail else "")
                 )
             raise ModelStartFailed(f"model {model_id!r} failed to start: {reason}")
@@ -160,9 +167,9 @@ class ContainerDriver:
 
     async def stop(self, ref: ContainerRef, config: Config, reason: str) -> LastOutput:
         """Stop and remove the container; its last output is returned, for ``logs MODEL``."""
-        # A model removed by a config reload no longer has its own stopTimeout.
+        # A model removed by a config reload no longer has its own stopTimeout/unloadTimeout.
         timeout = config.stop_timeout(ref.model_id) if ref.model_id in config.models else (
-            config.docker.stop_timeout)
+            config.docker.stop_timeout if config.unload_timeout is None else config.unload_timeout)
         started = time.monotonic()
         output = await self.call(f"stopping {ref.name}", self.containers.stop, ref.id, timeout,
                                  LAST_OUTPUT_LINES, timeout=timeout + ENGINE_CALL_TIMEOUT_S)
@@ -186,7 +193,9 @@ class ContainerDriver:
         Raises:
             LlamaswapError: it answered otherwise, or not in time.
         """
-        await self._control(ref, "POST", "/wake_up", config.health_check_timeout)
+        timeout = (config.health_timeout(ref.model_id) if ref.model_id in config.models
+                   else config.health_check_timeout)
+        await self._control(ref, "POST", "/wake_up", timeout)
         if await self.is_sleeping(ref):
             raise LlamaswapError(f"{ref.name} answered /wake_up but /is_sleeping says it sleeps")
 
@@ -258,7 +267,8 @@ class ContainerDriver:
                     refusal = f"cannot tell whether it sleeps: {exc.message}"
             if refusal is None:
                 adopt[ref.model_id] = (ref, asleep)
-                log.bind(asleep=asleep).info("adopted running container")
+                log.bind(asleep=asleep, gpus=",".join(ref.devices) if ref.devices else "-"
+                         ).info("adopted running container")
             else:
                 log.bind(reason=refusal).info("reaping container")
                 await self.stop(ref, config, refusal)

@@ -1,8 +1,11 @@
 """Carrying out the scheduler's engine decisions: start, stop, sleep, wake, remove.
 
-Each runs as a task of the orchestrator (``ModelManager``); its outcome goes back to the
-scheduler as an event, and the decisions that follow are applied. Swaps and pulls are
-reported as live events, load times and failures to the Prometheus counters.
+``Effects`` is the interface the orchestrator calls for each decision (as llama-swap's
+scheduler calls its ``Effects``); ``EngineEffects`` carries them out through the container
+driver. Each runs as a task; its outcome goes back as an event (``lifecycle/outcomes.py``)
+through the ``Orchestrator`` interface, which ``ModelManager`` implements: this module never
+sees the manager nor the scheduler. Swaps and pulls are reported as live events, load times
+and failures to the Prometheus counters.
 """
 
 from __future__ import annotations
@@ -10,82 +13,129 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from loguru import logger
 
+from llamaswap_docker.config import Config
 from llamaswap_docker.errors import (
     EngineError,
     ImageNotFound,
     ImagePullFailed,
     LlamaswapError,
 )
+from llamaswap_docker.lifecycle.driver import ContainerDriver, LastOutput
+from llamaswap_docker.lifecycle.outcomes import (
+    Created,
+    Outcome,
+    Ready,
+    SleepFailed,
+    Slept,
+    StartAbandoned,
+    StartFailed,
+    StopFailed,
+    Stopped,
+    WakeFailed,
+)
 from llamaswap_docker.lifecycle.scheduler import Sleep, Start, Stop, Wake
+from llamaswap_docker.observe import EventBus, Metrics
 from llamaswap_docker.runtime import ContainerRef, PullProgress
 
-if TYPE_CHECKING:
-    from llamaswap_docker.lifecycle.manager import ModelManager
-
-__all__ = ["Effects"]
+__all__ = ["Effects", "EngineEffects", "Orchestrator"]
 
 
-class Effects:
-    """The engine side of the orchestrator's decisions."""
+class Orchestrator(Protocol):
+    """What carrying out decisions needs of the orchestrator (``ModelManager``)."""
 
-    def __init__(self, manager: "ModelManager") -> None:
-        self._manager = manager  # for what a reload or the app replaces: config, metrics
-        self._scheduler = manager.scheduler
-        self._driver = manager.driver
-        self._events = manager.events
-        self._feed = manager._apply
+    config: Config  # the current one (a reload replaces it)
+    events: EventBus
+    metrics: Metrics | None
+    #: Each model's last removed container's output (``logs MODEL`` after a swap).
+    last_output: dict[str, LastOutput]
+
+    def report(self, outcome: Outcome) -> None:
+        """Feed an outcome to the scheduler and apply the decisions that follow."""
+        ...
+
+    def container_of(self, model_id: str) -> ContainerRef | None: ...
+
+    def abandonable(self, model_id: str) -> bool:
+        """Whether a start may be given up (nobody waits for it, others wait)."""
+        ...
+
+
+class Effects(Protocol):
+    """The engine side of the scheduler's decisions."""
+
+    async def start(self, decision: Start) -> None: ...
+
+    async def stop(self, decision: Stop) -> None: ...
+
+    async def sleep(self, decision: Sleep) -> None: ...
+
+    async def wake(self, decision: Wake) -> None: ...
+
+    async def stop_ref(self, ref: ContainerRef, reason: str) -> None: ...
+
+
+class EngineEffects:
+    """``Effects`` through the container driver."""
+
+    def __init__(self, orchestrator: Orchestrator, driver: ContainerDriver) -> None:
+        self._host = orchestrator
+        self._driver = driver
 
     async def start(self, decision: Start) -> None:
         model_id = decision.model_id
-        log = logger.bind(model=model_id, image=self._manager.config.models[model_id].image)
+        log = logger.bind(model=model_id, image=self._host.config.models[model_id].image)
+        if decision.placement is not None:
+            log = log.bind(gpus=decision.placement.label)
         log.info("model starting")
         started = self._swap_started(decision)
         try:
             container = await self._driver.start(
-                model_id, self._manager.config,
-                abandon=lambda: self._scheduler.abandonable(model_id),
-                on_created=lambda ref: self._scheduler.created(model_id, ref),
-                on_pull=self._pull_reporter(model_id))
+                model_id, self._host.config,
+                abandon=lambda: self._host.abandonable(model_id),
+                on_created=lambda ref: self._host.report(Created(model_id, ref)),
+                on_pull=self._pull_reporter(model_id),
+                placement=decision.placement)
         except asyncio.CancelledError:
-            self._scheduler.start_abandoned(model_id)
+            self._host.report(StartAbandoned(model_id))
             raise
         except LlamaswapError as error:
             log.bind(error=error.message.splitlines()[0]).error("model start failed")
             self._swap_ended(model_id, started, error)
-            self._feed(self._scheduler.start_failed(model_id, error))
+            self._host.report(StartFailed(model_id, error))
             return
         if container is None:
             log.info("start abandoned: no request waits for the model any more")
             self._swap_ended(model_id, started, "abandoned")
-            self._feed(self._scheduler.start_abandoned(model_id))
+            self._host.report(StartAbandoned(model_id))
             return
         log.bind(container=container.name,
                  seconds=f"{time.monotonic() - started:.2f}").info("model ready")
         self._swap_ended(model_id, started, None)
-        self._feed(self._scheduler.ready(model_id, container, time.monotonic()))
+        self._host.report(Ready(model_id, container, time.monotonic()))
 
     def _swap_started(self, decision: Start | Wake) -> float:
-        self._events.publish("swap", {"phase": "start", "model": decision.model_id,
-                                      "evicted": list(decision.evicted),
-                                      "wake": isinstance(decision, Wake)})
+        self._host.events.publish("swap", {"phase": "start", "model": decision.model_id,
+                                           "evicted": list(decision.evicted),
+                                           "wake": isinstance(decision, Wake)})
         return time.monotonic()
 
     def _swap_ended(self, model_id: str, started: float,
                     failure: LlamaswapError | str | None) -> None:
         seconds = time.monotonic() - started
-        metrics = self._manager.metrics
+        metrics = self._host.metrics
         if metrics is not None:
             if failure is None:
                 metrics.load(model_id, seconds)
             elif isinstance(failure, LlamaswapError):
                 metrics.load_failed(model_id, _failure_kind(failure))
         error = failure.message if isinstance(failure, LlamaswapError) else failure
-        self._events.publish("swap", {"phase": "end", "model": model_id, "ok": failure is None,
-                                      "seconds": round(seconds, 3), "error": error})
+        self._host.events.publish("swap", {"phase": "end", "model": model_id,
+                                           "ok": failure is None, "seconds": round(seconds, 3),
+                                           "error": error})
 
     def _pull_reporter(self, model_id: str) -> Callable[[PullProgress], None]:
         """Pull progress (from the engine thread) as ``pull`` events, at most 4 a second."""
@@ -99,23 +149,23 @@ class Effects:
             last[0] = now
             data = {"model": model_id, "image": progress.image, "status": progress.status,
                     "layer": progress.layer, "fraction": progress.fraction}
-            loop.call_soon_threadsafe(self._events.publish, "pull", data)
+            loop.call_soon_threadsafe(self._host.events.publish, "pull", data)
 
         return report
 
     async def stop(self, decision: Stop) -> None:
-        ref = self._scheduler.models[decision.model_id].container
+        ref = self._host.container_of(decision.model_id)
         try:
             if ref is not None:
                 await self.stop_ref(ref, decision.reason)
         except Exception as exc:  # noqa: BLE001 - the scheduler decides what fails with it
             logger.bind(model=decision.model_id).error("stop failed: {}", _describe(exc))
-            self._feed(self._scheduler.stop_failed(decision.model_id, _describe(exc)))
+            self._host.report(StopFailed(decision.model_id, _describe(exc)))
             return
-        self._feed(self._scheduler.stopped(decision.model_id))
+        self._host.report(Stopped(decision.model_id))
 
     async def sleep(self, decision: Sleep) -> None:
-        ref = self._scheduler.models[decision.model_id].container
+        ref = self._host.container_of(decision.model_id)
         log = logger.bind(model=decision.model_id, level=decision.level,
                           reason=f"swapping to {decision.evicted_for}")
         started = time.monotonic()
@@ -124,32 +174,32 @@ class Effects:
                 raise LlamaswapError("the container is gone")
             await self._driver.sleep(ref, decision.level)
         except Exception as exc:  # noqa: BLE001 - any failure: the scheduler stops it instead
-            self._feed(self._scheduler.sleep_failed(decision.model_id, _describe(exc)))
+            self._host.report(SleepFailed(decision.model_id, _describe(exc)))
             return
         log.bind(seconds=f"{time.monotonic() - started:.2f}").info("model asleep")
-        self._feed(self._scheduler.slept(decision.model_id, time.monotonic()))
+        self._host.report(Slept(decision.model_id, time.monotonic()))
 
     async def wake(self, decision: Wake) -> None:
         model_id = decision.model_id
-        ref = self._scheduler.models[model_id].container
+        ref = self._host.container_of(model_id)
         started = self._swap_started(decision)
         try:
             if ref is None:
                 raise LlamaswapError("the container is gone")
-            await self._driver.wake(ref, self._manager.config)
+            await self._driver.wake(ref, self._host.config)
         except Exception as exc:  # noqa: BLE001 - any failure: the scheduler starts it cold
             self._swap_ended(model_id, started, f"wake failed: {_describe(exc)}")
-            self._feed(self._scheduler.wake_failed(model_id, _describe(exc)))
+            self._host.report(WakeFailed(model_id, _describe(exc)))
             return
         logger.bind(model=model_id, container=ref.name,
                     seconds=f"{time.monotonic() - started:.2f}").info("model awake")
         self._swap_ended(model_id, started, None)
-        self._feed(self._scheduler.ready(model_id, ref, time.monotonic()))
+        self._host.report(Ready(model_id, ref, time.monotonic()))
 
     async def stop_ref(self, ref: ContainerRef, reason: str) -> None:
         """Stop and remove a container, keeping its last output for ``logs MODEL``."""
-        output = await self._driver.stop(ref, self._manager.config, reason)
-        self._manager.last_output[ref.model_id] = output
+        output = await self._driver.stop(ref, self._host.config, reason)
+        self._host.last_output[ref.model_id] = output
 
 
 def _failure_kind(error: LlamaswapError) -> str:

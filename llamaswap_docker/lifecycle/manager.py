@@ -5,6 +5,11 @@ request arriving or leaving, a lease released, a container ready, failed, stoppe
 TTL tick, an unload, a reload — goes to the pure ``Scheduler``; its decisions are executed
 here: futures answered at once, starts and stops run as tasks through the ``ContainerDriver``,
 whose outcomes come back as events. Operations that do not conflict run side by side.
+
+The manager is the ``Orchestrator`` the effects report to (``lifecycle/effects.py``), and
+keeps the GPU inventory (``lifecycle/inventory.py``) and each model's memory need
+(``lifecycle/need.py``) that placement plans with; each placement is logged and sent as a
+``placement`` event.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from llamaswap_docker.errors import (
 )
 from llamaswap_docker.lifecycle.deaths import DeathWatch
 from llamaswap_docker.lifecycle.driver import ContainerDriver, LastOutput
-from llamaswap_docker.lifecycle.effects import Effects
+from llamaswap_docker.lifecycle.effects import Effects, EngineEffects
+from llamaswap_docker.lifecycle.inventory import Inventory
 from llamaswap_docker.lifecycle.model import Lease, ModelRuntime, ModelState, ModelStatus
+from llamaswap_docker.lifecycle.need import MeasuredNeeds, needs_of, with_bytes
+from llamaswap_docker.lifecycle.outcomes import Outcome, Stopped
+from llamaswap_docker.lifecycle.placement import Placement, format_bytes
 from llamaswap_docker.lifecycle.scheduler import (
-    Admit, Cut, Decision, Fail, Finished, Note, Remove, Scheduler, Sleep, Start, Stop, Wake,
+    Admit, Cut, Decision, Fail, Finished, Note, Placed, Remove, Scheduler, Sleep, Start, Stop,
+    Wake,
 )
 from llamaswap_docker.observe import EventBus, Metrics
 from llamaswap_docker.runtime import ContainerRef, Containers, ContainerSpec
@@ -53,6 +63,9 @@ class ModelManager:
         self.metrics: Metrics | None = None
         #: Each model's last removed container's output (``logs MODEL`` after a swap).
         self.last_output: dict[str, LastOutput] = {}
+        #: Called with the base URL of each container that stopped or died: the app drops the
+        #: data plane's connection pool for it (each start publishes another port).
+        self.on_container_gone: Callable[[str], object] | None = None
         self._published: tuple[tuple[str, str, str | None], ...] = ()
         self.containers = containers
         self.driver = ContainerDriver(containers, http)
@@ -62,7 +75,12 @@ class ModelManager:
         self._cuts: dict[int, Callable[[list[str]], object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.deaths = DeathWatch(self.driver, lambda: self.models, self._died)
-        self.effects = Effects(self)
+        self.effects: Effects = EngineEffects(self, self.driver)
+        #: The engine's GPUs, and what loads measured of each spec's need.
+        self.inventory = Inventory(containers.engine)
+        self.measured = MeasuredNeeds(config.store.path)
+        #: Starts, stops, sleeps and wakes in progress (a measurement needs a start alone).
+        self._gpu_work = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.should_exit = False
@@ -70,6 +88,22 @@ class ModelManager:
     @property
     def models(self) -> dict[str, ModelRuntime]:
         return self.scheduler.models
+
+    # -- the orchestrator the effects report to ------------------------------------------------
+
+    def report(self, outcome: Outcome) -> None:
+        # Read before the scheduler forgets it: the container that stopped.
+        gone = self.container_of(outcome.model_id) if isinstance(outcome, Stopped) else None
+        self._apply(self.scheduler.handle(outcome))
+        if gone is not None and gone.base_url and self.on_container_gone is not None:
+            self.on_container_gone(gone.base_url)
+
+    def container_of(self, model_id: str) -> ContainerRef | None:
+        runtime = self.models.get(model_id)
+        return runtime.container if runtime is not None else None
+
+    def abandonable(self, model_id: str) -> bool:
+        return self.scheduler.abandonable(model_id)
 
     # -- lifecycle of the manager --------------------------------------------------------------
 
@@ -92,7 +126,12 @@ class ModelManager:
         await self.driver.call("preparing the network", self.containers.ensure_network)
         self.deaths.start(self.containers, self._from_thread)
         for ref, asleep in await self.driver.adoptable(self.config):
-            self.scheduler.adopt(ref.model_id, ref, time.monotonic(), asleep=asleep)
+            # Wherever it was placed (its labels): placement is not in the spec hash.
+            placement = Placement(ref.devices, ref.vram) if ref.devices else None
+            self.scheduler.adopt(ref.model_id, ref, time.monotonic(), asleep=asleep,
+                                 placement=placement)
+        await self.inventory.discover(self.config, self.scheduler.placed)
+        await self._plan_with_inventory(self.config)
         for model_id, model in self.config.models.items():
             spec = ContainerSpec.from_model(model_id, model)
             for warning in await asyncio.to_thread(self.containers.host_path_warnings, spec):
@@ -268,6 +307,7 @@ class ModelManager:
         for model_id in added:
             self.scheduler.add_model(model_id)
         self.config = self.scheduler.rules = config
+        await self._plan_with_inventory(config)
         if removed:
             self._apply(self.scheduler.remove_models(removed))
             try:
@@ -295,16 +335,20 @@ class ModelManager:
                 self._answer(decision.operation,
                              LlamaswapError(decision.error) if decision.error else None)
             elif isinstance(decision, Start):
-                self._spawn(self.effects.start(decision))
+                self._spawn(self._start(decision))
             elif isinstance(decision, Stop):
-                self._spawn(self.effects.stop(decision))
+                self._spawn(self._on_gpus(self.effects.stop, decision))
             elif isinstance(decision, Sleep):
-                self._spawn(self.effects.sleep(decision))
+                self._spawn(self._on_gpus(self.effects.sleep, decision))
             elif isinstance(decision, Wake):
-                self._spawn(self.effects.wake(decision))
+                self._spawn(self._on_gpus(self.effects.wake, decision))
+            elif isinstance(decision, Placed):
+                self._placed(decision)
             elif isinstance(decision, Remove):
                 logger.bind(model=decision.container.model_id, container=decision.container.name
                             ).warning("container died: {}", decision.reason)
+                if decision.container.base_url and self.on_container_gone is not None:
+                    self.on_container_gone(decision.container.base_url)
                 self._spawn(self.effects.stop_ref(decision.container, "container died"))
             elif isinstance(decision, Cut):
                 cut = self._cuts.get(decision.operation)
@@ -317,7 +361,101 @@ class ModelManager:
 
     def status_event(self) -> dict[str, Any]:
         """The data of a ``modelStatus`` event: every configured model's status."""
-        return {"models": [s.to_json(self.config.models[s.model_id]) for s in self.status()]}
+        return {"models": [{**s.to_json(self.config.models[s.model_id]),
+                            **self.placement_of(s.model_id)} for s in self.status()]}
+
+    # -- placement -------------------------------------------------------------------------------
+
+    def placement_of(self, model_id: str) -> dict[str, Any]:
+        """``/running``'s placement fields: the need, where it came from, the GPUs."""
+        need = self.scheduler.needs.get(model_id)
+        placement = self.scheduler.placed.get(model_id)
+        for op in self.scheduler.running:  # a start in progress: where it goes
+            if op.target == model_id and op.placement is not None:
+                placement = op.placement
+        return {
+            "need_bytes": need.bytes if need is not None else None,
+            "need_source": need.source if need is not None else "none",
+            "gpus": list(placement.devices) if placement is not None else [],
+        }
+
+    def hardware(self) -> dict[str, Any]:
+        """``GET /api/hardware``: the GPU inventory and what is placed on each GPU."""
+        placed = dict(self.scheduler.placed)
+        for op in self.scheduler.running:
+            if op.target is not None and op.placement is not None:
+                placed[op.target] = op.placement
+        states = {m: r.state.value for m, r in self.models.items()}
+        return self.inventory.to_json(self.config.router, placed, states)
+
+    async def _plan_with_inventory(self, config: Config) -> None:
+        """Give the scheduler the GPUs and every model's need (estimates read files: a thread)."""
+        devices = self.inventory.devices()
+        needs = await asyncio.to_thread(needs_of, config, devices, self.measured)
+        self._apply(self.scheduler.set_inventory(devices, needs))
+        if config.router == "fit" and not devices and any(n.uses_gpu for n in needs.values()):
+            logger.bind(reason=self.inventory.report.reason or "-").warning(
+                "routing.router.use is fit but no GPU was found: models that need one will "
+                "fail; declare docker.gpus")
+
+    def _placed(self, decision: Placed) -> None:
+        """One line and one ``placement`` event per decision."""
+        placement = decision.placement
+        free = {gpu: format_bytes(value) for gpu, value in decision.free_before}
+        fields = {"model": decision.model_id, "policy": decision.policy,
+                  "gpus": placement.label if placement is not None else "-",
+                  "need": decision.need.describe(),
+                  "free_before": ",".join(f"{g}:{v}" for g, v in free.items()) or "-",
+                  "evicted": ",".join(decision.evicted) or "-", "why": decision.why}
+        if decision.fits:
+            logger.bind(**fields).info("placement")
+        else:
+            logger.bind(**fields).warning("placement: does not fit")
+        self.events.publish("placement", {
+            "model": decision.model_id, "policy": decision.policy,
+            "gpus": list(placement.devices) if placement is not None else [],
+            "need_bytes": decision.need.bytes, "need_source": decision.need.source,
+            "free_before": dict(decision.free_before), "evicted": list(decision.evicted),
+            "why": decision.why, "fits": decision.fits})
+
+    async def _on_gpus(self, effect: Callable[[Any], Any], decision: Decision) -> None:
+        """Carry out a start, stop, sleep or wake; then look at the GPUs again (found ones)."""
+        self._gpu_work += 1
+        try:
+            await effect(decision)
+        finally:
+            self._gpu_work -= 1
+        if self.inventory.live and not self.should_exit:
+            await self.inventory.look(self.config, lambda: self.scheduler.placed)
+            self.scheduler.devices = self.inventory.devices()
+
+    async def _start(self, decision: Start) -> None:
+        """Start a model; alone on its GPUs with a quick inventory, measure what it used."""
+        placement = decision.placement
+        before = None
+        if placement is not None and self.inventory.quick and self._gpu_work == 0:
+            await self.inventory.look(self.config, lambda: self.scheduler.placed)
+            before = self.inventory.used(placement.devices)
+        started_alone = self._gpu_work == 0  # (the look above may have let others begin)
+        await self._on_gpus(self.effects.start, decision)
+        runtime = self.models.get(decision.model_id)
+        if (before is None or placement is None or not started_alone or runtime is None
+                or runtime.state is not ModelState.READY or self._gpu_work):
+            return
+        after = self.inventory.used(placement.devices)
+        if after is None or after <= before:
+            return
+        model = self.config.models.get(decision.model_id)
+        if model is None or model.vram is not None:
+            return
+        spec_hash = ContainerSpec.from_model(decision.model_id, model).spec_hash
+        await asyncio.to_thread(self.measured.remember, spec_hash, decision.model_id,
+                                after - before)
+        need = self.scheduler.needs.get(decision.model_id)
+        if need is not None:
+            self.scheduler.needs[decision.model_id] = with_bytes(need, after - before, "measured")
+        logger.bind(model=decision.model_id, gpus=placement.label,
+                    measured=format_bytes(after - before)).info("GPU memory need measured")
 
     def publish_status(self) -> None:
         """A ``modelStatus`` event, when a model's state or container changed since the last."""

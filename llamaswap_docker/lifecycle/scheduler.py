@@ -7,9 +7,14 @@ waiter, fail one, start or stop a model, cut requests, finish an unload).
 
 Rules, after llama-swap's router and wave 1:
 
-* Group semantics (``models_to_evict``): ``swap: true`` runs one member at a time;
-  ``exclusive: true`` stops the other groups' models except ``persistent`` groups' members.
-  Models in no group share an implicit group that is both swap and exclusive.
+* What a start evicts, and on which GPUs the model goes, is the placement policy's answer
+  (``lifecycle/placement.py``, ``routing.router.use``): ``group`` (llama-swap's groups, the
+  default: ``swap: true`` runs one member at a time, ``exclusive: true`` stops the other
+  groups' models except ``persistent`` groups' members, models in no group share an implicit
+  swap + exclusive group), ``matrix`` (llama-swap's swap matrix) or ``fit`` (GPU memory). A
+  start's GPUs are reserved from the moment it runs until its container stops; a start that
+  cannot fit at all fails its waiters at once. Queued starts are taken by
+  ``routing.scheduler.settings.fifo.priority`` (higher first), then in arrival order.
 * Requests are served FIFO per model. While an operation drains a model (it is being evicted
   or unloaded) that model admits no new request; its requests queue behind the operation, and
   when a model comes up every request queued for it is admitted together (ABAB → AABB).
@@ -24,24 +29,42 @@ Rules, after llama-swap's router and wave 1:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from llamaswap_docker.errors import LlamaswapError, ModelNotFound, ModelStartFailed, ModelStopped
+from llamaswap_docker.errors import (
+    InsufficientGpuMemory,
+    LlamaswapError,
+    ModelNotFound,
+    ModelStartFailed,
+    ModelStopped,
+)
+from llamaswap_docker.lifecycle import outcomes
 from llamaswap_docker.lifecycle.model import ModelRuntime, ModelState
+from llamaswap_docker.lifecycle.placement import (
+    NO_GPU,
+    RECENT_REQUESTS,
+    Device,
+    GroupFlags,
+    Holder,
+    Need,
+    NoFit,
+    Placement,
+    Plan,
+    Policy,
+    View,
+    config_placement,
+    models_to_evict,
+    policy_for,
+)
 from llamaswap_docker.runtime import ContainerRef
 
 __all__ = [
-    "Admit", "Cut", "Decision", "Fail", "Finished", "GroupRules", "Note", "Remove", "Scheduler",
-    "Sleep", "Start", "Stop", "Wake", "models_to_evict",
+    "Admit", "Cut", "Decision", "Fail", "Finished", "GroupRules", "Note", "Placed", "Remove",
+    "Scheduler", "Sleep", "Start", "Stop", "Wake", "models_to_evict",
 ]
-
-
-class GroupFlags(Protocol):
-    swap: bool
-    exclusive: bool
-    persistent: bool
 
 
 class GroupRules(Protocol):
@@ -54,22 +77,6 @@ class GroupRules(Protocol):
     def sleep_mode(self, model_id: str) -> int: ...
 
     def sleep_ttl(self, model_id: str) -> int: ...
-
-
-def models_to_evict(target: str, loaded: Iterable[str], rules: GroupRules) -> set[str]:
-    """The models in ``loaded`` that must stop before ``target`` may start."""
-    target_group, flags = rules.group_of(target)
-    evict: set[str] = set()
-    for model_id in loaded:
-        if model_id == target:
-            continue
-        group, other_flags = rules.group_of(model_id)
-        if group == target_group:
-            if flags.swap:
-                evict.add(model_id)
-        elif flags.exclusive and not other_flags.persistent:
-            evict.add(model_id)
-    return evict
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -93,6 +100,21 @@ class Fail:
 class Start:
     model_id: str
     evicted: tuple[str, ...] = ()  # what was stopped or put to sleep to make room
+    #: The GPUs it goes on (None: as the config says, the GPUs being unknown or unused).
+    placement: Placement | None = None
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A placement decision, for the log and the ``placement`` event."""
+    model_id: str
+    policy: str
+    placement: Placement | None
+    need: Need
+    evicted: tuple[str, ...]
+    why: str
+    free_before: tuple[tuple[str, int], ...] = ()
+    fits: bool = True  # False: it cannot fit even with every evictable model gone
 
 
 @dataclass(frozen=True)
@@ -146,7 +168,7 @@ class Note:
     fields: tuple[tuple[str, str], ...] = ()
 
 
-Decision = Admit | Fail | Start | Stop | Sleep | Wake | Remove | Cut | Finished | Note
+Decision = Admit | Fail | Start | Stop | Sleep | Wake | Remove | Cut | Finished | Note | Placed
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -165,6 +187,8 @@ class _Operation:
     at: float = 0.0
     phase: str = "queued"  # queued → draining → stopping → starting (bring-up) → done
     stopping: set[str] = field(default_factory=set)
+    #: Bring-up: where the target goes, reserved from the moment the operation runs.
+    placement: Placement | None = None
 
     def touches(self) -> set[str]:
         return set(self.models) | ({self.target} if self.target else set())
@@ -208,6 +232,26 @@ class _Groups:
     def sleep_ttl(self, model_id: str) -> int:
         return self._rules.sleep_ttl(model_id)
 
+    # What the policies read of the config; rules that predate them answer "group".
+    @property
+    def router(self) -> str:
+        return getattr(self._rules, "router", "group")
+
+    @property
+    def matrix_program(self) -> Any:
+        return getattr(self._rules, "matrix_program", None)
+
+    def evict_costs(self) -> dict[str, int]:
+        costs = getattr(self._rules, "evict_costs", None)
+        return costs() if costs is not None else {}
+
+    def priority(self, model_id: str) -> int:
+        priority = getattr(self._rules, "priority", None)
+        try:
+            return priority(model_id) if priority is not None else 0
+        except KeyError:  # removed by a reload
+            return 0
+
 
 class Scheduler:
     """The models' states, the queue and the operations; every event returns decisions."""
@@ -215,6 +259,15 @@ class Scheduler:
     def __init__(self, model_ids: Iterable[str], rules: GroupRules) -> None:
         self.rules = rules
         self.models: dict[str, ModelRuntime] = {m: ModelRuntime(m) for m in model_ids}
+        #: The GPUs placement may use (the inventory), and each model's need of them.
+        self.devices: tuple[Device, ...] = ()
+        self.needs: dict[str, Need] = {}
+        #: Where each model with a container runs (starts in flight: their operation's).
+        self.placed: dict[str, Placement] = {}
+        #: The last requests' models, and how many each has among them (fit weighs evictions
+        #: by it).
+        self._recent: deque[str] = deque(maxlen=RECENT_REQUESTS)
+        self._recent_counts: dict[str, int] = {}
         #: Waiting requests, oldest first: waiter id → model id.
         self.waiters: dict[int, str] = {}
         self.pending: list[_Operation] = []
@@ -223,6 +276,8 @@ class Scheduler:
         self.running: list[_Operation] = []
         self._ids = itertools.count(1)
         self._out: list[Decision] = []
+        #: Queued bring-ups' footprints during one launch pass, by operation id.
+        self._footprints: dict[int, set[str]] = {}
 
     @property
     def rules(self) -> GroupRules:
@@ -230,8 +285,23 @@ class Scheduler:
 
     @rules.setter
     def rules(self, rules: GroupRules) -> None:
-        """A new config (a reload): group lookups start afresh."""
+        """A new config (a reload): group lookups start afresh, the router is chosen anew."""
         self._groups = _Groups(rules)
+        self.policy: Policy = policy_for(self._groups)
+        #: Only fit weighs models' recent use: the other routers keep the request path as it was.
+        self._counting = self.policy.name == "fit"
+
+    def set_inventory(self, devices: Iterable[Device], needs: dict[str, Need]) -> list[Decision]:
+        """The GPUs (found or declared) and the models' needs changed: plan with these."""
+        self.devices, self.needs = tuple(devices), dict(needs)
+        for model_id, runtime in self.models.items():
+            need = self.needs.get(model_id, NO_GPU)
+            if runtime.container is not None and model_id not in self.placed and need.uses_gpu:
+                # Adopted from a proxy that recorded no placement: where the config puts it.
+                placement = config_placement(need, self.devices)
+                if placement is not None:
+                    self.placed[model_id] = placement
+        return self._step() if (self.waiters or self.pending) else []
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -270,9 +340,20 @@ class Scheduler:
             return None
         runtime = self.models[model_id]
         runtime.in_flight += 1
+        if self._counting:
+            self._count_request(model_id)
         return runtime.container
 
+    def _count_request(self, model_id: str) -> None:
+        recent, counts = self._recent, self._recent_counts
+        if len(recent) == RECENT_REQUESTS:
+            counts[recent[0]] -= 1  # falls out of the window as this one comes in
+        recent.append(model_id)
+        counts[model_id] = counts.get(model_id, 0) + 1
+
     def enqueue(self, model_id: str) -> tuple[int, list[Decision]]:
+        if self._counting:
+            self._count_request(model_id)
         waiter = next(self._ids)
         self.waiters[waiter] = model_id
         return waiter, self._step()
@@ -297,11 +378,37 @@ class Scheduler:
         self.pending.append(op)
         return op.id, self._step()
 
+    def handle(self, outcome: outcomes.Outcome) -> list[Decision]:
+        """An effect's outcome, reported back: the decisions that follow."""
+        if isinstance(outcome, outcomes.Created):
+            self.created(outcome.model_id, outcome.container)
+            return []
+        if isinstance(outcome, outcomes.Ready):
+            return self.ready(outcome.model_id, outcome.container, outcome.at)
+        if isinstance(outcome, outcomes.StartFailed):
+            return self.start_failed(outcome.model_id, outcome.error)
+        if isinstance(outcome, outcomes.StartAbandoned):
+            return self.start_abandoned(outcome.model_id)
+        if isinstance(outcome, outcomes.Stopped):
+            return self.stopped(outcome.model_id)
+        if isinstance(outcome, outcomes.StopFailed):
+            return self.stop_failed(outcome.model_id, outcome.message)
+        if isinstance(outcome, outcomes.Slept):
+            return self.slept(outcome.model_id, outcome.at)
+        if isinstance(outcome, outcomes.SleepFailed):
+            return self.sleep_failed(outcome.model_id, outcome.reason)
+        if isinstance(outcome, outcomes.WakeFailed):
+            return self.wake_failed(outcome.model_id, outcome.reason)
+        raise TypeError(f"not an outcome: {outcome!r}")
+
     def created(self, model_id: str, container: ContainerRef) -> None:
         """The starting model's container exists (so a status shows it)."""
         self.models[model_id].container = container
 
     def ready(self, model_id: str, container: ContainerRef, now: float) -> list[Decision]:
+        for op in self.running:
+            if op.target == model_id and op.phase == "starting" and op.placement is not None:
+                self.placed[model_id] = op.placement
         runtime = self.models[model_id]
         runtime.state, runtime.container, runtime.failure = ModelState.READY, container, None
         runtime.ready_since = runtime.last_used = now
@@ -327,6 +434,7 @@ class Scheduler:
         if runtime is not None:
             runtime.state, runtime.container, runtime.ready_since = ModelState.STOPPED, None, None
             runtime.draining = False
+        self.placed.pop(model_id, None)
         self._stop_done(model_id)
         return self._step()
 
@@ -384,6 +492,7 @@ class Scheduler:
                     ModelState.READY, ModelState.ASLEEP):
                 runtime.state, runtime.container = ModelState.FAILED, None
                 runtime.failure, runtime.draining = reason, False
+                self.placed.pop(runtime.model_id, None)
                 self._out.append(Remove(ref, reason))
         return self._step()
 
@@ -409,7 +518,10 @@ class Scheduler:
         return self._step()
 
     def adopt(self, model_id: str, container: ContainerRef, now: float,
-              asleep: bool = False) -> None:
+              asleep: bool = False, placement: Placement | None = None) -> None:
+        """A container found at start-up, where it was placed (its labels say)."""
+        if placement is not None:
+            self.placed[model_id] = placement
         runtime = self.models[model_id]
         runtime.state, runtime.container = ModelState.READY, container
         runtime.ready_since = runtime.last_used = now
@@ -471,13 +583,26 @@ class Scheduler:
         queued = False
         for model_id in dict.fromkeys(self.waiters.values()):
             if not any(op.target == model_id for op in (*self.pending, *self.running)):
-                self.pending.append(_Operation(next(self._ids), model_id))
+                self._queue(_Operation(next(self._ids), model_id))
                 queued = True
         return queued
+
+    def _queue(self, op: _Operation) -> None:
+        """Queue a bring-up before the first queued one of strictly lower priority (llama-swap's
+        fifo: higher priority first, equal priorities in arrival order)."""
+        assert op.target is not None
+        priority = self.rules.priority(op.target)
+        if priority:
+            for index, other in enumerate(self.pending):
+                if other.target is not None and self.rules.priority(other.target) < priority:
+                    self.pending.insert(index, op)
+                    return
+        self.pending.append(op)
 
     def _launch(self) -> bool:
         launched = False
         held: list[_Operation] = []  # earlier operations still queued: a later one keeps behind
+        self._footprints.clear()
         for op in list(self.pending):
             if any(self._conflict(op, other) for other in (*self.running, *held)):
                 held.append(op)
@@ -485,23 +610,61 @@ class Scheduler:
             self.pending.remove(op)
             self.running.append(op)
             self._begin(op)
+            self._footprints.clear()  # what the others would evict may have changed
             launched = True
         return launched
 
     def _footprint(self, op: _Operation) -> set[str]:
-        """The models an operation touches; for a queued bring-up, what it would evict now."""
+        """The models an operation touches; for a queued bring-up, what it would evict now
+        (planned once per launch pass: a plan is not free)."""
         if op.phase != "queued" or op.target is None:
             return op.touches()
-        return {op.target} | models_to_evict(op.target, self._occupied(), self.rules)
+        known = self._footprints.get(op.id)
+        if known is None:
+            plan = self._plan(op.target)
+            known = {op.target} | (set(plan.evict) if isinstance(plan, Plan) else set())
+            self._footprints[op.id] = known
+        return known
 
     def _conflict(self, a: _Operation, b: _Operation) -> bool:
         touched_a, touched_b = self._footprint(a), self._footprint(b)
         if touched_a & touched_b:
             return True
         return bool(
-            (a.target and models_to_evict(a.target, touched_b, self.rules))
-            or (b.target and models_to_evict(b.target, touched_a, self.rules))
+            (a.target and self.policy.excludes(a.target, touched_b))
+            or (b.target and self.policy.excludes(b.target, touched_a))
         )
+
+    def _plan(self, target: str) -> Plan | NoFit:
+        return self.policy.plan(target, self._view(target))
+
+    def _view(self, target: str) -> View:
+        """What the policy sees: the occupied models, the GPUs and what holds them, the need."""
+        occupied = [m for m in self._occupied() if m != target]  # (its own start runs already)
+        need = self.needs.get(target, NO_GPU)
+        runtime = self.models.get(target)
+        if (runtime is not None and runtime.state is ModelState.ASLEEP
+                and runtime.container is not None and target in self.placed):
+            # It wakes in the container it sleeps in: on the same GPUs.
+            need = replace(need, pinned=self.placed[target].devices)
+        if not self.devices:
+            return View(tuple(occupied), need)
+        starting = {op.target: op.placement for op in self.running
+                    if op.target is not None and op.phase != "queued"}
+        holders = []
+        for model_id in occupied:
+            placement = (starting[model_id] if model_id in starting
+                         else self.placed.get(model_id))
+            if placement is None:
+                continue
+            held = self.models[model_id]
+            holders.append(Holder(
+                model_id, placement,
+                busy=bool(held.in_flight or self.waiting(model_id) or held.draining
+                          or model_id in starting),
+                persistent=self.rules.group_of(model_id)[1].persistent,
+                last_used=held.last_used, recent=self._recent_counts.get(model_id, 0)))
+        return View(tuple(occupied), need, self.devices, tuple(holders))
 
     def _occupied(self) -> list[str]:
         """Models holding a container (and awake), or being brought up."""
@@ -516,11 +679,24 @@ class Scheduler:
             if target is None or self.admissible(op.target) or not self.waiting(op.target):
                 self._drop(op)  # ready (its waiters are admitted), removed, or nobody waits
                 return
-            evict = models_to_evict(op.target, self._occupied(), self.rules)
+            plan = self._plan(op.target)
+            if isinstance(plan, NoFit):
+                self._fail_waiters(op.target, InsufficientGpuMemory(
+                    f"model {op.target!r} does not fit on the GPUs: {plan.message}"))
+                self._out.append(Placed(op.target, self.policy.name, None, plan.need, (),
+                                        plan.message, fits=False))
+                self._drop(op)
+                return
+            evict = set(plan.evict)
             if target.container is not None and target.state is ModelState.FAILED:
                 # its container would not stop earlier: stop it before starting a new one
                 evict.add(op.target)
             op.models = tuple(sorted(evict))
+            op.placement = plan.placement
+            self._out.append(Placed(op.target, self.policy.name, plan.placement,
+                                    self.needs.get(op.target, NO_GPU),
+                                    tuple(m for m in op.models if m != op.target), plan.why,
+                                    plan.free_before))
             if any(self.models[m].in_flight for m in evict):
                 self._out.append(Note("swap: waiting for in-flight requests of evicted models",
                                       (("model", op.target), ("evict", ",".join(op.models)))))
@@ -580,7 +756,7 @@ class Scheduler:
                 else:
                     runtime.container = None
                     self._out.append(Start(op.target, tuple(m for m in op.models
-                                                            if m != op.target)))
+                                                            if m != op.target), op.placement))
             return True
         return False
 

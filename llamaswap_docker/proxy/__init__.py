@@ -5,6 +5,8 @@ from llamaswap_docker.proxy.forward import ClientGone, forward, read_body
 from llamaswap_docker.proxy.inflight import InFlight, InFlightRequests
 from llamaswap_docker.proxy.routing import (
     ModelRequest,
+    Route,
+    Router,
     multipart_field,
     parse_model_request,
     rewrite_body,
@@ -25,6 +27,8 @@ __all__ = [
     "InFlight",
     "InFlightRequests",
     "ModelRequest",
+    "Route",
+    "Router",
     "UpstreamClient",
     "UpstreamError",
     "dialect_for_path",

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-__all__ = ["Dialect", "dialect_for_path", "error_payload", "error_body", "sse_error_event"]
+from llamaswap_docker.proxy.sse import DONE, sse_event
+
+__all__ = ["Dialect", "dialect_for_path", "end_of_stream_error", "error_payload", "error_body",
+           "sse_error_event"]
 
 Dialect = Literal["openai", "anthropic"]
 
@@ -23,7 +26,7 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                     415: "invalid_request_error",
-                    429: "rate_limit_error", 503: "overloaded_error"}
+                    429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
 
 
 def dialect_for_path(path: str) -> Dialect:
@@ -45,7 +48,13 @@ def error_body(dialect: Dialect, status: int, message: str, code: str) -> bytes:
 
 def sse_error_event(dialect: Dialect, status: int, message: str, code: str) -> bytes:
     """An in-band error for a stream whose headers were already sent."""
-    payload = json.dumps(error_payload(dialect, status, message, code))
-    if dialect == "anthropic":
-        return f"event: error\ndata: {payload}\n\n".encode()
-    return f"data: {payload}\n\n".encode()
+    payload = error_body(dialect, status, message, code)
+    return sse_event(payload, "error") if dialect == "anthropic" else sse_event(payload)
+
+
+def end_of_stream_error(dialect: Dialect, status: int, message: str, code: str) -> bytes:
+    """The last bytes of an event stream we opened (loading progress) that an error ends: the
+    error event, then the dialect's end of stream. OpenAI's is ``data: [DONE]``; Anthropic's
+    stream has no such marker (its ``event: error`` is the last event)."""
+    event = sse_error_event(dialect, status, message, code)
+    return event if dialect == "anthropic" else event + DONE

@@ -5,8 +5,9 @@ Why our own client on ``httptools`` (llhttp, the parser uvicorn serves us with) 
 and ``benchmarks/bench_relay.py`` measures the candidates side by side (figures in the README).
 httpx's pool scans every connection for every request, so its cost grows with concurrency;
 aiohttp is flat but spends more per request than the whole server side. A relay needs little
-of a general client — no redirects, cookies, proxies, TLS or decompression — and must do a few
-things a general client cannot:
+of a general client — no redirects, cookies, proxies or decompression, and TLS only for an
+``https://`` peer (asyncio's, verified against the system's CAs) — and must do a few things a
+general client cannot:
 
 * send the client's header bytes as received: no decoding, so a Latin-1 ``café`` can neither
   crash the hop nor be re-encoded on the way;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit
@@ -35,6 +37,7 @@ from loguru import logger
 from llamaswap_docker.errors import RequestError
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "HOP_BY_HOP",
     "KEEPALIVE_EXPIRY_S",
     "UpstreamClient",
@@ -76,12 +79,13 @@ class UpstreamError(Exception):
     """The model server could not be reached, or broke the connection or the protocol.
 
     ``connect`` tells a refused or timed-out connection (the container may be gone) from one
-    that failed after it was opened.
+    that failed after it was opened; ``timeout``: no response headers in the time given.
     """
 
-    def __init__(self, message: str, *, connect: bool = False) -> None:
+    def __init__(self, message: str, *, connect: bool = False, timeout: bool = False) -> None:
         super().__init__(message)
         self.connect = connect
+        self.timeout = timeout
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -186,6 +190,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status >= 200:
+            # A chunked body's trailer field: the header list is the caller's by now, and
+            # the response head it was sent in is gone. Dropped (a relay cannot forward it).
+            return
         self.headers.append((name.lower(), value))  # ASGI wants lower-case names
 
     def on_headers_complete(self) -> None:
@@ -286,14 +294,19 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pool:
-    """Idle connections to one ``host:port``, most recently used first."""
+    """Idle connections to one ``host:port``, most recently used first (over TLS with
+    ``tls``: a peer's ``https://`` URL)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, authority: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
-        self.authority = f"{host}:{port}".encode()
+        self.authority = (authority or f"{host}:{port}").encode("idna")
+        self.tls = tls
         # A dict as an ordered set: O(1) push, pop of the newest, removal of a closed one.
         self.idle: dict[_Connection, None] = {}
+        #: Dropped by the client (its container stopped): connections coming back are closed.
+        self.closed = False
 
     def take(self) -> _Connection | None:
         now = time.monotonic()
@@ -305,26 +318,31 @@ class _Pool:
         return None
 
     def put(self, connection: _Connection) -> None:
-        self.idle[connection] = None
+        if self.closed:
+            connection._close()
+        else:
+            self.idle[connection] = None
 
     def forget(self, connection: _Connection) -> None:
         self.idle.pop(connection, None)
 
-    async def open(self) -> _Connection:
+    async def open(self, timeout: float | None = CONNECT_TIMEOUT_S) -> _Connection:
         loop = asyncio.get_running_loop()
+        tls = {"ssl": self.tls, "server_hostname": self.host} if self.tls else {}
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # (the client left) that lands as the connection completes.
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(lambda: _Connection(self),
-                                                             self.host, self.port)
-        except (OSError, TimeoutError) as exc:
+                                                             self.host, self.port, **tls)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise UpstreamError(
                 f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}: {exc}",
                 connect=True) from exc
         return connection
 
     def close(self) -> None:
+        self.closed = True
         for connection in list(self.idle):
             connection._close()
         self.idle.clear()
@@ -388,34 +406,60 @@ class UpstreamResponse:
 class UpstreamClient:
     """The pooled client every inference request goes through."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._pools: dict[str, _Pool] = {}
+        #: Verifies https:// peers (default: the system's CAs, made for the first one).
+        self._tls = tls
 
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
 
+    @property
+    def base_urls(self) -> list[str]:
+        """The base URLs the client holds a connection pool for."""
+        return list(self._pools)
+
+    def forget(self, base_url: str) -> None:
+        """Drop ``base_url``'s pool: its server is gone (a container stopped; its next start
+        publishes another port). Idle connections close now, those in use when released."""
+        pool = self._pools.pop(base_url, None)
+        if pool is not None:
+            pool.close()
+
     def _pool(self, base_url: str) -> _Pool:
         pool = self._pools.get(base_url)
         if pool is None:
             parts = urlsplit(base_url)
-            if parts.scheme != "http" or not parts.hostname:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UpstreamError(f"unsupported upstream URL {base_url!r} (http://host:port)")
-            pool = self._pools[base_url] = _Pool(parts.hostname, parts.port or 80)
+            tls = None
+            if parts.scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                tls = self._tls
+            default_port = 443 if tls else 80
+            pool = self._pools[base_url] = _Pool(
+                parts.hostname, parts.port or default_port, parts.netloc.rpartition("@")[2], tls)
         return pool
 
     async def send(
         self, method: str, base_url: str, target: str,
-        headers: list[tuple[bytes, bytes]], body: bytes | None,
+        headers: list[tuple[bytes, bytes]], body: bytes | None, *,
+        connect_timeout: float | None = CONNECT_TIMEOUT_S,
+        header_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers are in.
 
         ``target`` is the path and query as the client wrote them (still percent-encoded);
         ``headers`` are sent as the bytes given, after the Host and Content-Length we write.
+        ``connect_timeout`` bounds opening a connection (TLS included), ``header_timeout`` the
+        wait for the response headers once the request is written; None: no limit.
 
         Raises:
-            UpstreamError: no connection, or the connection broke before the headers.
+            UpstreamError: no connection, the connection broke before the headers, or no
+                headers within ``header_timeout`` (``timeout`` set; the connection is closed).
             RequestError: the target or a header holds CR, LF or NUL (never sent).
         """
         pool = self._pool(base_url)
@@ -424,24 +468,24 @@ class UpstreamClient:
         connection = pool.take()
         reused = connection is not None
         if connection is None:
-            connection = await pool.open()
+            connection = await pool.open(connect_timeout)
         written = time.monotonic()
         try:
             connection.send(head, body, head_request)
-            await connection.headers_done
+            await _headers(connection, header_timeout)
         except UpstreamError as exc:
             connection._close()
             # A pooled connection the server had already closed (nothing received, and at
             # once): the request was not processed. Once more, on a fresh connection.
             stale = time.monotonic() - written < STALE_WINDOW_S
-            if not (reused and stale and not connection.received_any):
+            if exc.timeout or not (reused and stale and not connection.received_any):
                 raise
             logger.bind(upstream=base_url, error=str(exc)).debug(
                 "pooled upstream connection was closed by the server; resending on a new one")
-            connection = await pool.open()
+            connection = await pool.open(connect_timeout)
             try:
                 connection.send(head, body, head_request)
-                await connection.headers_done
+                await _headers(connection, header_timeout)
             except BaseException:
                 connection._close()
                 raise
@@ -470,3 +514,15 @@ class UpstreamClient:
         if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs or b"\x00" in head:
             raise RequestError("a request header or the path holds CR, LF or NUL; not forwarded")
         return head
+
+
+async def _headers(connection: _Connection, timeout: float | None) -> None:
+    """Wait for the response headers, at most ``timeout`` seconds (None: no limit)."""
+    if timeout is None:
+        await connection.headers_done
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.headers_done
+    except TimeoutError:
+        raise UpstreamError(f"no response headers within {timeout:g} s", timeout=True) from None

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import docker.errors
+import docker.types
 from loguru import logger
 
 from llamaswap_docker.errors import EngineError
@@ -78,6 +79,9 @@ class ContainerRef:
     created: datetime | None = None
     #: The API key its server was started with (read back from its environment on adoption).
     upstream_key: str | None = field(default=None, repr=False)
+    #: The GPUs placement put it on (its labels), and the bytes it holds on each if known.
+    devices: tuple[str, ...] | None = None
+    vram: int | None = None
 
     @property
     def authorization(self) -> str | None:
@@ -122,6 +126,18 @@ def _upstream_key(attrs: dict[str, Any], key_env: str | None) -> str | None:
         if entry.startswith(prefix):
             return entry[len(prefix):]
     return None
+
+
+def _devices(container_labels: dict[str, str]) -> tuple[str, ...] | None:
+    value = container_labels.get(labels.DEVICES)
+    if value is None:
+        return None
+    return tuple(part for part in value.split(",") if part)
+
+
+def _int_label(container_labels: dict[str, str], name: str) -> int | None:
+    value = container_labels.get(name, "")
+    return int(value) if value.isdigit() else None
 
 
 def _parse_created(value: object) -> datetime | None:
@@ -232,7 +248,7 @@ class Containers:
         kwargs["labels"] = {
             **dict(spec.labels),
             **labels.ownership_labels(self.instance, spec.model_id, spec.spec_hash, spec.port,
-                                      spec.key_env),
+                                      spec.key_env, spec.gpu_ids, spec.gpu_bytes),
         }
         kwargs["name"] = name
         kwargs["network"] = self.network
@@ -376,6 +392,8 @@ class Containers:
             base_url=self._base_url(attrs, name, port) if status == "running" else None,
             created=_parse_created(attrs.get("Created")),
             upstream_key=_upstream_key(attrs, container_labels.get(labels.KEY_ENV)),
+            devices=_devices(container_labels),
+            vram=_int_label(container_labels, labels.VRAM),
         )
 
     @staticmethod
@@ -413,3 +431,28 @@ class Containers:
             container_id, stream=True, follow=True, tail="all" if tail < 0 else tail,
             since=since,
         )
+
+    # -- resource usage ----------------------------------------------------------------------
+
+    def follow_stats(self, container_id: str) -> Iterator[dict[str, Any]]:
+        """The engine's resource readings of the container (``docker stats``): one dict about
+        every second, as the Engine API writes it.
+
+        Blocking: iterate it in a worker thread. It ends when the container stops; its
+        ``close()`` (callable from any thread) ends it early and unblocks the reader.
+
+        Raises:
+            EngineError: the container is gone, or the engine refused.
+        """
+        api = self.engine.client.api
+
+        def open_stream() -> Iterator[dict[str, Any]]:
+            # As docker-py's own events() does: APIClient.stats() hands back a bare generator,
+            # which no other thread can stop; the response behind it can be shut down.
+            response = api._get(api._url("/containers/{0}/stats", container_id),
+                                params={"stream": True}, stream=True, timeout=None)
+            api._raise_for_status(response)
+            return docker.types.CancellableStream(
+                api._stream_helper(response, decode=True), response)
+
+        return self.engine.run_sync(f"following stats of {container_id[:12]}", open_stream)

@@ -20,7 +20,16 @@ from loguru import logger
 from llamaswap_docker.errors import ImageNotFound, ImagePullFailed
 from llamaswap_docker.runtime.engine import Engine, translate_errors
 
-__all__ = ["PullPolicy", "PullProgress", "PullTracker", "ensure_image", "split_reference"]
+__all__ = [
+    "PullPolicy",
+    "PullProgress",
+    "PullTracker",
+    "ensure_image",
+    "is_demo_image",
+    "is_local_reference",
+    "missing_image_hint",
+    "split_reference",
+]
 
 PullPolicy = Literal["always", "missing", "never"]
 
@@ -167,11 +176,42 @@ def _image_present(engine: Engine, image: str) -> bool:
     return True
 
 
+def is_local_reference(image: str) -> bool:
+    """Whether ``image`` names an image made on this machine, which no registry has: tag
+    ``local``, or Podman's ``localhost/`` prefix for what it built."""
+    repository, tag = split_reference(image)
+    return tag == "local" or repository.startswith("localhost/")
+
+
+def is_demo_image(image: str) -> bool:
+    """Whether ``image`` is one of the demo's images (built here by ``serve``, never pulled)."""
+    # Imported here: demo_images builds through this module (its bases are pulled with it).
+    from llamaswap_docker.runtime.demo_images import DEMO_IMAGES
+
+    return image in DEMO_IMAGES
+
+
+def missing_image_hint(image: str) -> str:
+    """How to get ``image`` onto the engine without a pull: what a 503 for it ends with."""
+    if is_demo_image(image):
+        return (f"{image!r} is one of the demo's images, built on this machine and never "
+                f"pulled: `llamaswap-docker serve` with no config builds the missing ones "
+                f"before it listens (in a checkout: `python3 images/build.py`)")
+    return f"build it (`docker build -t {image} DIR`) or load it (`docker load -i FILE`)"
+
+
 def _pull_failed(image: str, reason: Any) -> ImagePullFailed:
+    why = f"pulling image {image!r} failed: {str(reason).strip()}"
+    how = missing_image_hint(image)
+    if is_demo_image(image):
+        return ImagePullFailed(f"{why}. {how}")
+    if is_local_reference(image):
+        return ImagePullFailed(
+            f"{why}. {image!r} names a local image, which no registry has: {how}, and set "
+            f"pullPolicy: never so that a missing image is reported rather than pulled")
     return ImagePullFailed(
-        f"pulling image {image!r} failed: {str(reason).strip()}. Check the image name and that "
-        f"the engine can reach (and is logged in to) its registry, or build or load the image "
-        f"and set pullPolicy: never"
+        f"{why}. Check the image name and that the engine can reach (and is logged in to) its "
+        f"registry, or {how} and set pullPolicy: never"
     )
 
 
@@ -212,8 +252,9 @@ def ensure_image(
     """
     if policy == "always" or not _image_present(engine, image):
         if policy == "never":
+            how = missing_image_hint(image)
+            if not is_demo_image(image) and not is_local_reference(image):
+                how += ", or set pullPolicy: missing to pull it"
             raise ImageNotFound(
-                f"image {image!r} is not on the engine and pullPolicy is 'never': "
-                f"build or load it (docker build / docker load), or set pullPolicy: missing"
-            )
+                f"image {image!r} is not on the engine and pullPolicy is 'never': {how}")
         _pull(engine, image, on_progress)

@@ -13,6 +13,8 @@ __all__ = [
     "SPEC_HASH",
     "PORT",
     "KEY_ENV",
+    "DEVICES",
+    "VRAM",
     "RESERVED_PREFIX",
     "ownership_labels",
     "instance_filters",
@@ -28,6 +30,10 @@ PORT = "io.llamaswap.port"
 # The variable holding the container's API key (the name only: the key is in its env), so an
 # adopted container's key can be read back.
 KEY_ENV = "io.llamaswap.key-env"
+# The GPUs placement put the container on ("0,1") and the bytes it holds on each: a restarted
+# proxy adopts it there and counts its memory (placement is not in the spec hash).
+DEVICES = "io.llamaswap.devices"
+VRAM = "io.llamaswap.vram"
 
 
 def ownership_labels(
@@ -36,9 +42,15 @@ def ownership_labels(
     spec_hash: str | None = None,
     port: int | None = None,
     key_env: str | None = None,
+    devices: tuple[str, ...] | None = None,
+    vram: int | None = None,
 ) -> dict[str, str]:
     """Labels marking a resource as owned by ``instance`` (and serving ``model_id``)."""
     labels = {MANAGED: "true", INSTANCE: instance}
+    if devices is not None:
+        labels[DEVICES] = ",".join(devices)
+        if vram is not None:
+            labels[VRAM] = str(vram)
     if key_env is not None:
         labels[KEY_ENV] = key_env
     if model_id is not None:

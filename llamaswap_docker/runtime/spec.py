@@ -4,7 +4,9 @@ The spec is resolved from config once; its hash goes on the container as a label
 proxy can tell whether a running container still matches the config (adopt) or not (replace).
 The model's ``platform`` and ``gpus`` become device options here (``runtime/devices.py``);
 variables the backend passes from the proxy's environment (``HF_TOKEN``) are read here too,
-kept out of the hash and out of the spec's repr.
+kept out of the hash and out of the spec's repr. Where placement put the model (``with_gpus``:
+the GPUs the scheduler chose) is kept out of the hash too: a restarted proxy adopts a
+container on whichever GPUs it was placed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llamaswap_docker.runtime.devices import cdi_device_names, platform_options
+
+#: Every placed container's GPUs, on every platform, for servers that want to read them.
+DEVICES_ENV = "LLAMASWAP_DEVICES"
 
 if TYPE_CHECKING:
     from llamaswap_docker.config import ModelConfig
@@ -48,6 +53,8 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    #: (name, soft, hard), sorted: ``docker run --ulimit``.
+    ulimits: tuple[tuple[str, int, int], ...] = ()
     # Each entry: {"Driver", "Count", "DeviceIDs", "Capabilities"} as the engine takes them.
     device_requests: tuple[tuple[tuple[str, Any], ...], ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
@@ -58,6 +65,14 @@ class ContainerSpec:
     key_env: str | None = None
     #: The key itself, new at every start (``with_new_key``): never in the hash, labels, repr.
     upstream_key: str | None = field(default=None, repr=False, compare=False)
+    #: The platform the device options came from (they are hashed; this only re-derives them
+    #: for a placement).
+    platform: str = field(default="cpu", compare=False)
+    vulkan_driver: str = field(default="mesa", compare=False)
+    #: The GPUs placement chose (``with_gpus``) and the bytes the model holds on each: not in
+    #: the hash, on the container as labels.
+    gpu_ids: tuple[str, ...] | None = field(default=None, compare=False)
+    gpu_bytes: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_model(
@@ -80,7 +95,8 @@ class ContainerSpec:
             image=model.image,
             command=tuple(model.cmd),
             port=model.port,
-            env=tuple(sorted({**dict(platform.env), **model.env}.items())),
+            env=tuple(sorted({**dict(platform.env), **options.env_from_files,
+                              **model.env}.items())),
             volumes=tuple(model.volumes),
             entrypoint=tuple(options.entrypoint) if options.entrypoint is not None else None,
             user=options.user,
@@ -95,10 +111,14 @@ class ContainerSpec:
             cap_add=tuple(options.cap_add),
             security_opt=tuple(options.security_opt),
             extra_hosts=tuple(sorted(options.extra_hosts.items())),
+            ulimits=tuple(sorted((name, soft, hard)
+                                 for name, (soft, hard) in options.ulimits.items())),
             device_requests=platform.device_requests,
             labels=tuple(sorted(options.labels.items())),
             passed_env=tuple((name, environ[name]) for name in model.pass_env if name in environ),
             key_env=model.key_env,
+            platform=model.platform,
+            vulkan_driver=model.vulkan_driver,
         )
 
     def with_new_key(self) -> "ContainerSpec":
@@ -107,12 +127,21 @@ class ContainerSpec:
             return self
         return replace(self, upstream_key=secrets.token_urlsafe(32))
 
+    def with_gpus(self, gpu_ids: tuple[str, ...], per_gpu: int | None = None) -> "ContainerSpec":
+        """This spec on exactly these GPUs (placement's choice); ``per_gpu``: the bytes the
+        model holds on each, recorded on the container."""
+        return replace(self, gpu_ids=tuple(gpu_ids), gpu_bytes=per_gpu)
+
     @property
     def spec_hash(self) -> str:
-        """Short stable hash of every field but the secrets (``passed_env``, ``upstream_key``):
-        equal specs, equal hashes."""
+        """Short stable hash of every field but the secrets (``passed_env``, ``upstream_key``)
+        and the placement: equal specs, equal hashes."""
         fields = asdict(self)
-        del fields["passed_env"], fields["upstream_key"]
+        for name in ("passed_env", "upstream_key", "platform", "vulkan_driver", "gpu_ids",
+                     "gpu_bytes"):
+            del fields[name]
+        if not fields["ulimits"]:
+            del fields["ulimits"]  # added later: hashes of specs without any stay as they were
         canonical = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -125,6 +154,12 @@ class ContainerSpec:
         """
         devices = list(self.devices)
         requests = [dict(request) for request in self.device_requests]
+        env = {**dict(self.env), **self._placed_env()}
+        if self.gpu_ids is not None and requests:
+            # Exactly the placed GPUs: the platform's request for those ids replaces "all"/N.
+            placed = platform_options(self.platform, list(self.gpu_ids),
+                                      vulkan_driver=self.vulkan_driver).device_requests
+            requests = [dict(request) for request in placed] or requests
         if cdi:
             kept = []
             for request in requests:
@@ -137,7 +172,7 @@ class ContainerSpec:
         kwargs: dict[str, Any] = {
             "image": self.image,
             "command": list(self.command) or None,
-            "environment": {**dict(self.env), **dict(self.passed_env), **(
+            "environment": {**env, **dict(self.passed_env), **(
                 {self.key_env: self.upstream_key} if self.key_env and self.upstream_key else {})},
             "volumes": list(self.volumes),
             "detach": True,
@@ -156,6 +191,7 @@ class ContainerSpec:
             "cap_add": list(self.cap_add) or None,
             "security_opt": list(self.security_opt) or None,
             "extra_hosts": dict(self.extra_hosts) or None,
+            "ulimits": _ulimits(self.ulimits),
         }
         kwargs.update({key: value for key, value in optional.items() if value is not None})
         if requests:
@@ -173,3 +209,25 @@ class ContainerSpec:
                 for request in requests
             ]
         return kwargs
+
+    def _placed_env(self) -> dict[str, str]:
+        """The placed GPUs in the platform's selection variable, and ``LLAMASWAP_DEVICES``."""
+        if self.gpu_ids is None:
+            return {}
+        ids = list(self.gpu_ids)
+        env = {name: value for name, value in platform_options(
+            self.platform, ids, vulkan_driver=self.vulkan_driver).env}
+        if self.platform == "cuda":
+            # The device request shows the container only its GPUs, numbered from 0 there:
+            # CUDA_VISIBLE_DEVICES counts in the container's numbering, not the host's.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in range(len(ids)))
+        env[DEVICES_ENV] = ",".join(ids)
+        return env
+
+
+def _ulimits(limits: tuple[tuple[str, int, int], ...]) -> list[Any] | None:
+    if not limits:
+        return None
+    from docker.types import Ulimit
+
+    return [Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in limits]

@@ -12,6 +12,7 @@ from llamaswap_docker.config import REAL_MODEL_ID, Settings, load_demo_config
 from llamaswap_docker.demomodel import ensure_real_model
 from llamaswap_docker.server import load_serving_config
 from tests.conftest import LLAMA_SERVER_IMAGE
+from tests.config_views import effective_groups
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def test_serve_without_a_config_offers_the_real_model_next_to_the_small_ones(
     gemma = config.models[REAL_MODEL_ID]
     assert f"/models/{real_model.name}" in gemma.cmd
     assert gemma.volumes[0].startswith(f"{real_model.parent}:/models")
-    assert REAL_MODEL_ID in config.effective_groups()["demo"].members
+    assert REAL_MODEL_ID in effective_groups(config)["demo"].members
     # Without the extra, the demo is what it was.
     assert set(load_demo_config(real_model.parent).models) == {"tiny-llama", "fake-vllm"}
 

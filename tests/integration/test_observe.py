@@ -58,7 +58,7 @@ def test_activity_rows_and_metrics_match_what_llama_server_reported(start_proxy,
                 streamed_timings = json.loads(line[6:])["timings"]
     assert streamed_timings is not None
 
-    rows = activity(proxy.url)["activity"]
+    rows = activity(proxy.url)["data"]
     assert [row["req_path"] for row in rows] == ["/v1/chat/completions"] * 2
     newest, oldest = rows
     for row, reported in ((oldest, timings), (newest, streamed_timings)):
@@ -95,7 +95,7 @@ def test_openai_usage_is_recorded_when_there_are_no_timings(start_proxy) -> None
     proxy = start_proxy({"vllm": fake_model("--mode", "vllm", "--tokens", "5")})
     response = chat(proxy.url, "vllm")
     usage = response.json()["usage"]
-    [row] = activity(proxy.url)["activity"]
+    [row] = activity(proxy.url)["data"]
     assert row["tokens"]["input_tokens"] == usage["prompt_tokens"]
     assert row["tokens"]["output_tokens"] == usage["completion_tokens"] > 0
 
@@ -108,9 +108,9 @@ def test_activity_filters_and_pages(start_proxy) -> None:
     everything = activity(proxy.url)
     assert everything["total"] == 4
     only_a = activity(proxy.url, model="a")
-    assert only_a["total"] == 2 and {r["model"] for r in only_a["activity"]} == {"a"}
+    assert only_a["total"] == 2 and {r["model"] for r in only_a["data"]} == {"a"}
     page = activity(proxy.url, limit=1, offset=1)
-    assert page["total"] == 4 and [r["id"] for r in page["activity"]] == [everything["activity"][1]["id"]]
+    assert page["total"] == 4 and [r["id"] for r in page["data"]] == [everything["data"][1]["id"]]
     later = activity(proxy.url, since=time.time() + 60)
     assert later["total"] == 0
     assert httpx.get(f"{proxy.url}/api/metrics/activity", params={"limit": 0}).status_code == 400
@@ -121,7 +121,7 @@ def test_a_client_that_leaves_is_recorded_as_499(start_proxy) -> None:
     body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True}
     with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=60) as stream:
         next(stream.iter_lines())
-    rows = wait_for(lambda: activity(proxy.url)["activity"])
+    rows = wait_for(lambda: activity(proxy.url)["data"])
     assert rows[0]["resp_status_code"] == 499
     assert prometheus(proxy.url)[
         'llamaswap_requests_total{model="slow",path="/v1/chat/completions",status="499"}'] == 1
@@ -133,7 +133,7 @@ def test_captures_keep_bodies_with_credentials_redacted(start_proxy) -> None:
                           headers={"Authorization": "Bearer secret-token", "X-Trace": "t1"},
                           json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200
-    [row] = activity(proxy.url)["activity"]
+    [row] = activity(proxy.url)["data"]
     assert row["has_capture"] is True
     captured = httpx.get(f"{proxy.url}/api/captures/{row['id']}", timeout=10).json()
     assert json.loads(captured["req_body"])["messages"][0]["content"] == "hi"
@@ -148,7 +148,7 @@ def test_captures_keep_bodies_with_credentials_redacted(start_proxy) -> None:
 def test_captures_are_off_by_default(start_proxy) -> None:
     proxy = start_proxy({"fake": fake_model()})
     assert chat(proxy.url, "fake").status_code == 200
-    [row] = activity(proxy.url)["activity"]
+    [row] = activity(proxy.url)["data"]
     assert row["has_capture"] is False
     response = httpx.get(f"{proxy.url}/api/captures/{row['id']}", timeout=10)
     assert response.status_code == 404 and "captureBuffer" in response.text
@@ -273,7 +273,7 @@ def test_activity_survives_a_restart_in_the_sqlite_store(proxy_processes, tmp_pa
     assert activity(second.url) == before, "the rows come back from the store"
     assert chat(second.url, "fake").status_code == 200
     after = activity(second.url)
-    assert after["total"] == 4 and after["activity"][0]["id"] == before["activity"][0]["id"] + 1
+    assert after["total"] == 4 and after["data"][0]["id"] == before["data"][0]["id"] + 1
 
 
 @pytest.mark.parametrize("limit", [2])
@@ -282,4 +282,4 @@ def test_metrics_max_in_memory_bounds_the_rows_kept(start_proxy, limit: int) -> 
     for _ in range(limit + 3):
         assert chat(proxy.url, "fake").status_code == 200
     rows = activity(proxy.url)
-    assert rows["total"] == limit and rows["activity"][0]["id"] == limit + 3
+    assert rows["total"] == limit and rows["data"][0]["id"] == limit + 3

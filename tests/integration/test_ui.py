@@ -1,7 +1,8 @@
 """The web UI in a real browser (Debian's headless Chromium driven by selenium), with every
 host but the proxy's unresolvable: the page must need nothing from the internet.
 
-Screenshots land in ``test-artifacts/ui/`` (kept after the run, also when a test fails).
+Screenshots land in ``test-artifacts/ui/`` (kept after the run, also when a test fails); the
+views one by one are in ``test_ui_views.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.conftest import REPO, fake_model, llama_model
 
 ARTIFACTS = REPO / "test-artifacts" / "ui"
+#: Where the browser saves downloads (the activity CSV).
+DOWNLOADS = ARTIFACTS / "downloads"
 
 
 @pytest.fixture
@@ -36,16 +39,28 @@ def browser(request: pytest.FixtureRequest):
                      # Every name but the proxy's address fails: a page that needs a CDN breaks.
                      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         options.add_argument(argument)
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    options.add_experimental_option("prefs", {"download.default_directory": str(DOWNLOADS),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.save_screenshot(str(ARTIFACTS / f"{request.node.name}-last.png"))
     driver.quit()
 
 
-def shot(driver: webdriver.Chrome, name: str) -> Path:
+def shot(driver: webdriver.Chrome, name: str, full: bool = False) -> Path:
+    """Save a screenshot; ``full``: of the whole page, not only the window's height."""
     path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
+    if not full:
+        driver.save_screenshot(str(path))
+        return path
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(size["width"], min(max(size["height"], height + 20), 6000))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
     return path
 
 
@@ -66,7 +81,8 @@ def test_the_ui_loads_offline_lists_models_loads_one_chats_and_shows_activity(
                         groups={"both": {"swap": False, "exclusive": False,
                                          "members": ["tiny", "fake"]}})
     browser.get(f"{proxy.url}/")
-    assert browser.current_url == f"{proxy.url}/ui/", "/ must redirect a browser to the UI"
+    assert browser.current_url.startswith(f"{proxy.url}/ui/"), "/ must redirect a browser to the UI"
+    wait(browser, lambda d: d.current_url.endswith("/ui/#/models"))  # the default view's URL
     wait(browser, lambda d: model_state(d, "tiny") == "stopped" and model_state(d, "fake"))
     assert wait(browser, lambda d: d.find_element(By.ID, "connection").text == "live")
     # Everything the page loaded came from the proxy.
@@ -77,11 +93,12 @@ def test_the_ui_loads_offline_lists_models_loads_one_chats_and_shows_activity(
 
     browser.find_element(By.CSS_SELECTOR, 'button.load[data-model="tiny"]').click()
     wait(browser, lambda d: model_state(d, "tiny") == "ready", timeout=90)
-    container = browser.find_element(By.CSS_SELECTOR, '#models-table tr[data-model="tiny"] td:nth-child(3)')
+    container = browser.find_element(By.CSS_SELECTOR, '#models-table tr[data-model="tiny"] td.container')
     assert container.text.startswith("llamaswap-"), container.text
     shot(browser, "2-model-loaded")
 
     browser.find_element(By.ID, "tab-playground").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#pg-model option[value="tiny"]'))
     Select(browser.find_element(By.ID, "pg-model")).select_by_value("tiny")
     browser.find_element(By.ID, "pg-max-tokens").clear()
     browser.find_element(By.ID, "pg-max-tokens").send_keys("24")
@@ -103,7 +120,7 @@ def test_the_ui_loads_offline_lists_models_loads_one_chats_and_shows_activity(
     shot(browser, "4-activity")
 
     # The row the page shows is the proxy's own record of that request.
-    [latest] = httpx.get(f"{proxy.url}/api/metrics/activity", params={"limit": 1}).json()["activity"]
+    [latest] = httpx.get(f"{proxy.url}/api/metrics/activity", params={"limit": 1}).json()["data"]
     assert row.get_attribute("data-id") == str(latest["id"])
 
 
@@ -116,7 +133,7 @@ def test_the_ui_unloads_and_shows_the_proxy_log_live(start_proxy, browser) -> No
     wait(browser, lambda d: model_state(d, "fake") == "stopped")
 
     browser.find_element(By.ID, "tab-logs").click()
-    wait(browser, lambda d: "container stopped and removed" in d.find_element(By.ID, "log-view").text)
+    wait(browser, lambda d: "container stopped and removed" in d.find_element(By.ID, "logs-pane-view").text)
     shot(browser, "5-logs")
 
 

@@ -19,6 +19,7 @@ from llamaswap_docker.config import (
     split_command,
 )
 from llamaswap_docker.errors import ConfigError
+from tests.config_views import effective_groups, model_named, preload_ids
 
 
 def load(text: str, **kwargs: object) -> Config:
@@ -66,13 +67,13 @@ def test_model_defaults() -> None:
     assert (model.backend, model.platform, model.gpus) == ("custom", "cpu", None)
 
 
-def test_models_are_required() -> None:
-    issues = errors_of("globalTTL: 5\n")
-    assert [(i.field, i.message) for i in issues] == [("models", "missing required field 'models'")]
-
-
-def test_empty_models_mapping_is_rejected() -> None:
-    assert errors_of("models: {}\n")[0].field == "models"
+@pytest.mark.parametrize("text", ["globalTTL: 5\n", "models: {}\n", "models:\n  # x: {}\n"])
+def test_a_config_without_models_loads_and_says_it_serves_nothing(text: str) -> None:
+    # As in llama-swap: a proxy of peers only, or an import that left every model to a person.
+    config = load(text)
+    assert config.models == {}
+    [warning] = [w for w in config.warnings if w.field == "models"]
+    assert warning.message == "no models: this proxy serves nothing until some are added"
 
 
 def test_config_models_are_immutable() -> None:
@@ -259,10 +260,13 @@ def test_backend_platform_gpus_keys_are_validated() -> None:
     assert issue.field == "models.m.platform" and "'cuda'" in issue.message
 
 
-def test_model_ids_may_contain_slashes_but_not_whitespace() -> None:
+def test_model_ids_may_contain_slashes_and_spaces_but_not_edge_whitespace() -> None:
     assert "org/name" in load("models:\n  org/name: {image: img}\n").models
-    (issue,) = errors_of("models:\n  'a b': {image: img}\n")
-    assert issue.field == "models.a b" and issue.line == 2
+    assert "GPT-OSS 20B" in load("models:\n  GPT-OSS 20B: {image: img}\n").models  # llama-swap's
+    (issue,) = errors_of("models:\n  'a b ': {image: img}\n")
+    assert issue.field == "models.a b " and issue.line == 2
+    (issue,) = errors_of('models:\n  "a\\tb": {image: img}\n')
+    assert "control characters" in issue.message
 
 
 def test_invalid_docker_instance_is_rejected() -> None:
@@ -309,7 +313,7 @@ def test_aliases_resolve_to_their_model() -> None:
     config = load("models:\n  m: {image: img, aliases: [gpt-4, fast]}\n")
     assert config.resolve("m") == "m" and config.resolve("gpt-4") == "m"
     assert config.resolve("nope") is None
-    assert config.model("fast") is config.models["m"]
+    assert model_named(config, "fast") is config.models["m"]
     assert config.aliases == {"gpt-4": "m", "fast": "m"}
 
 
@@ -368,7 +372,7 @@ def test_ungrouped_models_share_the_implicit_default_group() -> None:
     name, group = config.group_of("d")
     assert name == DEFAULT_GROUP_ID == "(default)"
     assert (group.swap, group.exclusive, group.persistent, group.members) == (True, True, False, ["d"])
-    assert list(config.effective_groups()) == ["pair", "solo", "(default)"]
+    assert list(effective_groups(config)) == ["pair", "solo", "(default)"]
 
 
 def test_without_groups_every_model_is_in_the_default_group() -> None:
@@ -426,7 +430,7 @@ def test_preload_accepts_ids_and_aliases() -> None:
         "models:\n  a: {image: img, aliases: [x]}\n  b: {image: img}\n"
         "hooks:\n  on_startup:\n    preload: [x, b, a]\n"
     )
-    assert config.preload_models() == ["a", "b"]
+    assert preload_ids(config) == ["a", "b"]
 
 
 def test_preload_of_unknown_model_is_an_error() -> None:

@@ -584,3 +584,58 @@ def test_a_forced_unload_waiting_its_turn_admits_nothing_new() -> None:
     w.stopped("a")
     assert w.finished[op] is None
     assert starts(w) == ["a", "a"]  # the waiter brings it up again afterwards
+
+
+# -- outcomes come back as events ---------------------------------------------------------------
+
+def test_effects_report_outcomes_as_events_the_scheduler_handles() -> None:
+    from llamaswap_docker.lifecycle import outcomes
+
+    w = World()
+    waiter = w.request("v1")
+    w.apply(w.scheduler.handle(outcomes.Created("v1", ref("v1", 1))))
+    assert w.scheduler.models["v1"].container == ref("v1", 1)
+    w.starting.discard("v1")
+    w.apply(w.scheduler.handle(outcomes.Ready("v1", ref("v1", 1), 1.0)))
+    assert w.admitted[waiter] == "v1"
+    w.release("v1")
+    w.request("v2")  # v1 is evicted: put to sleep
+    w.sleeping.discard("v1")
+    w.apply(w.scheduler.handle(outcomes.Slept("v1", 2.0)))
+    assert w.scheduler.models["v1"].state is ModelState.ASLEEP
+    w.starting.discard("v2")
+    w.apply(w.scheduler.handle(outcomes.StartFailed("v2", ModelStartFailed("no"))))
+    assert w.scheduler.models["v2"].state is ModelState.FAILED
+    op = w.unload("v1")
+    w.stopping.discard("v1")
+    w.apply(w.scheduler.handle(outcomes.Stopped("v1")))
+    assert w.finished[op] is None
+    with pytest.raises(TypeError):
+        w.scheduler.handle("not an outcome")  # type: ignore[arg-type]
+
+
+def test_effects_know_the_orchestrator_only_through_its_interface() -> None:
+    import ast
+    from pathlib import Path
+
+    import llamaswap_docker.lifecycle.effects as effects
+
+    tree = ast.parse(Path(effects.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "llamaswap_docker.lifecycle.manager" not in imported  # no cycle with the manager
+    assert "llamaswap_docker.lifecycle.outcomes" in imported
+
+
+def test_the_default_router_places_nothing_without_gpus_and_says_why() -> None:
+    from llamaswap_docker.lifecycle.scheduler import Placed
+
+    w = World()
+    w.up("a")
+    w.log.clear()
+    w.request("b")
+    [placed] = [d for d in w.log if isinstance(d, Placed)]
+    assert (placed.policy, placed.placement, placed.evicted) == ("group", None, ("a",))
+    assert placed.why == "group '(default)' (swap=true, exclusive=true)"
+    assert [d.placement for d in w.log if isinstance(d, Start)] == []  # after a's stop
+    w.stopped("a")
+    assert [d.placement for d in w.log if isinstance(d, Start)] == [None]

@@ -333,3 +333,49 @@ def test_304_relays_no_length_and_no_body() -> None:
             assert server.connections == 1
             await client.close()
     run(scenario())
+
+
+def test_trailers_of_a_chunked_response_never_join_its_header_list() -> None:
+    async def scenario() -> None:
+        reply = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                 b"Transfer-Encoding: chunked\r\nTrailer: x-checksum, x-usage\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\nx-usage: 42\r\n\r\n")
+        server = CannedServer(await always(reply))
+        async with server as url:
+            client = UpstreamClient()
+            response = await client.send("POST", url, "/v1/x", [], b"{}")
+            headers = list(response.raw_headers)  # what a relay sent as the response head
+            body = b"".join([chunk async for chunk in response.chunks()])
+            assert body == b"hello world"
+            assert response.raw_headers == headers  # nothing joined after it was handed on
+            names = [name for name, _ in response.raw_headers]
+            assert b"x-checksum" not in names and b"x-usage" not in names
+            response.close()
+            # The connection is clean for the next request (the trailers were read through).
+            status, headers2, body2 = await fetch(client, url)
+            assert (status, body2) == (200, b"hello world") and server.connections == 1
+            assert b"x-checksum" not in dict(headers2)
+            await client.close()
+    run(scenario())
+
+
+def test_a_forgotten_base_url_loses_its_pool_and_connections_in_use_close_on_release() -> None:
+    async def scenario() -> None:
+        async with CannedServer(await always(OK)) as url, CannedServer(await always(OK)) as other:
+            client = UpstreamClient()
+            await fetch(client, url)
+            await fetch(client, other)
+            in_use = await client.send("POST", url, "/v1/x", [], b"{}")
+            assert sorted(client.base_urls) == sorted([url, other])
+
+            client.forget(url)
+            client.forget("http://127.0.0.1:1")  # never used: nothing to drop
+            assert client.base_urls == [other]
+            await in_use.read()
+            in_use.close()  # its pool is gone: closed, not kept idle
+            assert in_use._connection.closed
+
+            await fetch(client, url)  # the same URL again later: a new pool
+            assert sorted(client.base_urls) == sorted([url, other])
+            await client.close()
+    run(scenario())

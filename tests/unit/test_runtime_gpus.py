@@ -81,7 +81,7 @@ def test_report_to_dict_is_json_ready() -> None:
     data = report.to_dict()
     assert data["available"] is True and data["source"] == "nvidia-smi"
     assert data["gpus"][1] == {
-        "index": 1, "uuid": "GPU-4d3b2e0f-1c5a-4b7d-8e9f-0a1b2c3d4e5f", "name": "NVIDIA GH200 480GB",
+        "id": "1", "index": 1, "uuid": "GPU-4d3b2e0f-1c5a-4b7d-8e9f-0a1b2c3d4e5f", "name": "NVIDIA GH200 480GB",
         "memory_total_mib": None, "memory_used_mib": None, "driver_version": "560.35.03",
         "vendor": "nvidia", "memory_free_mib": None,
     }
@@ -132,3 +132,78 @@ def _ran(stdout: str = "", returncode: int = 0, calls: list[Any] | None = None) 
         return subprocess.CompletedProcess(command, returncode, stdout=stdout, stderr="")
 
     return run
+
+
+# -- what placement reads: the probe's query, rocm-smi, declared GPUs ----------------------------
+
+# nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used --format=csv,noheader,nounits,
+# the probe container's query (the issue's, without driver_version), on two RTX 3090s.
+PROBE_TWO_3090 = """\
+0, GPU-1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b, NVIDIA GeForce RTX 3090, 24576, 18021
+1, GPU-2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d, NVIDIA GeForce RTX 3090, 24576, 5
+"""
+
+# rocm-smi --showmeminfo vram --json, as ROCm documents it: one object per card, byte counts as
+# strings (two MI210s, one with a model loaded); newer versions may add a "system" object.
+ROCM_TWO_MI210 = """\
+{"card0": {"VRAM Total Memory (B)": "68702699520", "VRAM Total Used Memory (B)": "10993664"},
+ "card1": {"VRAM Total Memory (B)": "68702699520", "VRAM Total Used Memory (B)": "21485322240",
+           "Card Series": "AMD Instinct MI210", "Unique ID": "0x8a3b2c1d4e5f6a7b"},
+ "system": {"Driver version": "6.8.5"}}
+"""
+
+
+def test_the_probe_query_without_driver_version_parses() -> None:
+    from llamaswap_docker.runtime.gpus import PROBE_COMMANDS, _PROBE_FIELDS
+
+    assert PROBE_COMMANDS["cuda"] == (
+        "nvidia-smi", "--query-gpu=index,uuid,name,memory.total,memory.used",
+        "--format=csv,noheader,nounits")
+    gpus, skipped = parse_nvidia_smi(PROBE_TWO_3090, _PROBE_FIELDS)
+    assert skipped == [] and [(g.id, g.memory_total_mib, g.memory_used_mib) for g in gpus] == [
+        ("0", 24576, 18021), ("1", 24576, 5)]
+    assert gpus[0].driver_version is None and gpus[0].name == "NVIDIA GeForce RTX 3090"
+
+
+def test_rocm_smi_json_parses_into_gpus() -> None:
+    from llamaswap_docker.runtime.gpus import PROBE_COMMANDS, parse_rocm_smi
+
+    assert PROBE_COMMANDS["rocm"] == ("rocm-smi", "--showmeminfo", "vram", "--json")
+    gpus, skipped = parse_rocm_smi(ROCM_TWO_MI210)
+    assert skipped == []
+    assert [(g.id, g.memory_total_mib, g.memory_used_mib, g.vendor) for g in gpus] == [
+        ("0", 65520, 10, "amd"), ("1", 65520, 20490, "amd")]
+    assert gpus[1].name == "AMD Instinct MI210" and gpus[1].uuid == "0x8a3b2c1d4e5f6a7b"
+
+
+def test_rocm_smi_output_that_is_not_json_is_kept_for_the_report() -> None:
+    from llamaswap_docker.runtime.gpus import parse_rocm_smi
+
+    assert parse_rocm_smi("ERROR: GPU[0] : Unable to get memory\n") == (
+        [], ["ERROR: GPU[0] : Unable to get memory"])
+    assert parse_rocm_smi('{"card0": {"GPU use (%)": "3"}}') == ([], ["card0"])
+
+
+def test_declared_gpus_keep_their_ids_and_memory() -> None:
+    from llamaswap_docker.config import load_config_text
+    from llamaswap_docker.runtime.gpus import declared_gpus
+
+    config = load_config_text("""
+models: {m: {image: x}}
+docker:
+  gpus:
+    - {id: 0, memory: 24GiB}
+    - {id: GPU-8f6d2c1a, memory: 80g, name: H100}
+""")
+    report = declared_gpus(config.docker.gpus)
+    assert report.source == "declared" and report.available
+    assert [(g.id, g.memory_total_mib, g.memory_used_mib, g.name) for g in report.gpus] == [
+        ("0", 24576, 0, None), ("GPU-8f6d2c1a", 81920, 0, "H100")]
+
+
+def test_nvml_without_its_package_or_driver_reports_why() -> None:
+    from llamaswap_docker.runtime.gpus import nvml_gpus
+
+    report = nvml_gpus()  # this machine: no nvidia-ml-py, or no NVIDIA driver
+    assert not report.available and report.source == "nvml"
+    assert report.reason and ("not installed" in report.reason or "NVML" in report.reason)

@@ -1,0 +1,279 @@
+"""Routes the web UI's pages read besides llama-swap's API: a model's page, its container's
+resource usage live, and the proxy's own performance over time.
+
+    GET /api/models/<model>          one model: status, placement, container, starts and
+                                     loads, last exit, resolved config (secrets masked)
+    GET /api/models/<model>/stats    the container's CPU, memory, network and disk, live (SSE),
+                                     read from the engine's stats stream while a client listens
+    GET /api/performance             llama-swap's ``enabled``/``sys_stats``/``gpu_stats``, and
+                                     ``proxy_stats``: the proxy's CPU, memory, event-loop lag,
+                                     requests per second (``?after=``: newer samples only)
+    GET /api/timeline                which model was in which state when, and model loads
+
+The container stats are never polled: one engine stream is opened per listener (a model page
+open in a browser) and closed as soon as it leaves, so a model nobody looks at costs nothing.
+The samples behind ``/api/performance`` and ``/api/timeline`` come from ``monitor.Monitor``,
+started with the app (this router's lifespan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
+from loguru import logger
+from starlette.responses import JSONResponse, Response
+
+from llamaswap_docker.api.errors import error_response
+from llamaswap_docker.api.logs import IDLE, SHUTDOWN_POLL_S, STREAM_HEADERS, ClosingStreamingResponse, queued
+from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
+from llamaswap_docker.api.readings import container_reading
+from llamaswap_docker.api.state import AppState, app_state
+
+__all__ = ["router"]
+
+#: Seconds between heartbeats on a quiet stats stream (a paused container writes none).
+HEARTBEAT_S = 15.0
+#: Readings a slow listener may have waiting before new ones are dropped for it.
+STATS_QUEUE_LIMIT = 64
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Runs inside the app's own lifespan (FastAPI nests a router's), once the manager is up.
+    state: AppState = app.state.llamaswap
+    monitor = Monitor(state.manager, getattr(state.manager, "metrics", None))
+    app.state.ui_monitor = monitor
+    monitor.start()
+    try:
+        yield
+    finally:
+        await monitor.stop()
+
+
+router = APIRouter(tags=["dashboard"], lifespan=_lifespan)
+
+
+def _monitor(request: Request) -> Monitor:
+    return request.app.state.ui_monitor
+
+
+AfterQuery = Annotated[str | None, Query(
+    description="only newer than this: RFC 3339 time or epoch seconds")]
+
+
+def _after(text: str | None) -> float | None:
+    """Epoch seconds of ``?after=`` (RFC 3339 or a number).
+
+    Raises:
+        ValueError: neither.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValueError(f"invalid 'after' timestamp {text!r}: use RFC 3339 "
+                         "(2025-01-31T12:00:00Z) or epoch seconds")
+    return parsed.timestamp()
+
+
+def _newer(samples: Any, after: float | None) -> list[dict[str, Any]]:
+    if after is None:
+        return list(samples)
+    return [s for s in samples if datetime.fromisoformat(s["timestamp"]).timestamp() > after]
+
+
+@router.get("/api/performance")
+async def performance(request: Request, after: AfterQuery = None) -> JSONResponse:
+    """Samples of the host (llama-swap's ``sys_stats``; ``gpu_stats`` stays empty: GPUs are
+    on ``/api/hardware``) and of the proxy process (``proxy_stats``), one a second, the last
+    15 minutes."""
+    try:
+        since = _after(after)
+    except ValueError as exc:
+        return error_response("openai", 400, str(exc), "invalid_request")
+    monitor = _monitor(request)
+    return JSONResponse({
+        "enabled": True,
+        "interval_s": SAMPLE_S,
+        "started_at": monitor.started_at,
+        "sys_stats": _newer(monitor.sys_samples, since),
+        "gpu_stats": [],
+        "proxy_stats": _newer(monitor.proxy_samples, since),
+    })
+
+
+@router.get("/api/timeline")
+async def timeline(request: Request, after: AfterQuery = None) -> JSONResponse:
+    """Which model was in which state when (``segments``: ``start``/``end`` epoch seconds,
+    ``end`` null while it lasts; stopped is no segment) and the model loads (``seconds``:
+    how long each took; null for a failed one)."""
+    try:
+        since = _after(after)
+    except ValueError as exc:
+        return error_response("openai", 400, str(exc), "invalid_request")
+    monitor = _monitor(request)
+    loads = [load for load in monitor.loads_of() if since is None or load["time"] > since]
+    return JSONResponse({"now": time.time(), "since": monitor.started_at,
+                         "segments": monitor.timeline(since), "loads": loads})
+
+
+@router.get("/api/models/{model:path}/stats", response_class=Response,
+            responses={200: {"content": {"text/event-stream": {}}},
+                       404: {"description": "unknown model, or the model has no container"}})
+async def container_stats(request: Request, model: str) -> Response:
+    """The model's container resource usage as SSE ``data: {"type": "stats", "data": {...}}``
+    lines, about one a second (CPU %, memory, network and disk totals, processes), from the
+    engine's stats stream; ``{"type": "end"}`` when the container stops."""
+    state = app_state(request)
+    model_id = state.manager.resolve(model)
+    runtime = state.manager.models.get(model_id)
+    container = runtime.container if runtime is not None else None
+    if runtime is None or container is None:
+        state_name = runtime.state.value if runtime is not None else "removed"
+        return error_response("openai", 404, f"model {model_id!r} has no container now "
+                              f"({state_name}): no resource usage to show", "model_not_running")
+    containers = state.manager.containers
+    # Opened here, so an engine error still answers as an error, not an empty stream.
+    stream = await asyncio.to_thread(containers.follow_stats, container.id)
+    body = _relay(stream, model_id, container.name, _monitor(request),
+                  lambda: state.manager.should_exit)
+    return ClosingStreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+async def _relay(stream: Iterator[dict[str, Any]], model_id: str, container_name: str,
+                 monitor: Monitor, stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    """Relay readings of an engine stats stream read in a daemon thread; leaving closes it.
+
+    ``monitor.stats_streams`` counts the engine streams open: the reader thread takes its
+    count back only once the engine stream has ended (the thread was unblocked).
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    end: Any = object()
+    closed = threading.Event()
+    counted = threading.Lock()
+
+    def offer(item: Any) -> None:
+        if item is end or queue.qsize() < STATS_QUEUE_LIMIT:
+            queue.put_nowait(item)
+
+    def push(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(offer, item)
+        except RuntimeError:  # the loop is closed: nobody reads any more
+            pass
+
+    def pump() -> None:
+        try:
+            for raw in stream:
+                if closed.is_set():
+                    break
+                push(container_reading(raw))
+        except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
+            logger.bind(model=model_id).debug("container stats stream broke: {}", exc)
+        finally:
+            with counted:
+                monitor.stats_streams -= 1
+            logger.bind(model=model_id, container=container_name).debug(
+                "container stats stream closed")
+            push(end)
+
+    with counted:
+        monitor.stats_streams += 1
+    logger.bind(model=model_id, container=container_name).debug("container stats stream opened")
+    # A thread of its own, not the loop's executor: a page may stay open for days.
+    threading.Thread(target=pump, name=f"stats-{model_id}", daemon=True).start()
+    try:
+        yield b": connected\n\n"
+        quiet = 0.0
+        async with contextlib.aclosing(queued(queue, stop)) as items:
+            async for item in items:
+                if item is IDLE:
+                    quiet += SHUTDOWN_POLL_S
+                    if quiet >= HEARTBEAT_S:
+                        quiet = 0.0
+                        yield b": ping\n\n"
+                    continue
+                quiet = 0.0
+                if item is end:
+                    yield _sse("end", {"model": model_id, "container": container_name})
+                    return
+                yield _sse("stats", {"model": model_id, "container": container_name, **item})
+    finally:
+        # The client left, the container stopped or the proxy is shutting down: shutting the
+        # socket down unblocks the reader thread at once.
+        closed.set()
+        _close(stream, model_id)
+
+
+def _close(stream: Iterator[Any], model_id: str) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
+            logger.bind(model=model_id).debug("closing a container stats stream: {}", exc)
+
+
+def _sse(kind: str, data: Any) -> bytes:
+    return b"data: " + orjson.dumps({"type": kind, "data": data}) + b"\n\n"
+
+
+@router.get("/api/models/{model:path}",
+            responses={404: {"description": "unknown model"}})
+async def model_details(request: Request, model: str) -> JSONResponse:
+    """One model (id or alias) for its page: ``/running``'s fields, its container, how often
+    it was started and how long loads took, how its last container ended and what it wrote
+    last, and its config as the proxy resolved it, secrets masked."""
+    # Imported here: the masking lives with `config show` (the CLI imports the app).
+    from llamaswap_docker.cli.config import mask_secrets
+
+    state = app_state(request)
+    model_id = state.manager.resolve(model)
+    config = state.config.models[model_id]
+    status = next(s for s in state.manager.status() if s.model_id == model_id)
+    runtime = state.manager.models[model_id]
+    ref = runtime.container
+    monitor = _monitor(request)
+    loads = monitor.loads_of(model_id)
+    metrics = getattr(state.manager, "metrics", None)
+    starts = sum(metrics.loads[model_id].counts) if metrics and model_id in metrics.loads else 0
+    failures = sum(count for (m, _), count in metrics.load_failures.items()
+                   if m == model_id) if metrics else 0
+    kept = state.manager.last_output.get(model_id)
+    groups = [name for name, group in state.config.swap_groups.items()
+              if model_id in getattr(group, "members", ())]
+    return JSONResponse({
+        **status.to_json(config),
+        **state.manager.placement_of(model_id),
+        "container": None if ref is None else {
+            "id": ref.id, "name": ref.name, "image": config.image, "status": ref.status,
+            "created": ref.created.isoformat() if ref.created else None,
+            "age_s": round(ref.age_s() or 0, 1) if ref.created else None,
+            "base_url": ref.base_url, "devices": list(ref.devices or ()), "vram_bytes": ref.vram,
+        },
+        "starts": starts,
+        "load_failures": failures,
+        "loads": loads[-100:],
+        "last_exit": None if kept is None else {
+            "container_name": kept.container_name, "reason": kept.reason,
+            "stopped_at": kept.stopped_at, "output_tail": "\n".join(kept.text.splitlines()[-50:]),
+        },
+        "groups": groups,
+        "config": mask_secrets(config.model_dump(mode="json", by_alias=True)),
+    })

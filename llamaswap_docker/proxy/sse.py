@@ -1,0 +1,17 @@
+"""Server-sent events as the proxy writes them itself: loading progress, in-band errors, the
+end of a stream, ``GET /api/events``. One framing for all (the WHATWG ``text/event-stream``
+format: ``event:`` and ``data:`` lines, a blank line ending each event)."""
+
+from __future__ import annotations
+
+__all__ = ["DONE", "sse_event"]
+
+#: The end of an OpenAI-style stream.
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(data: bytes, event: str | None = None) -> bytes:
+    """One event carrying ``data`` (one line: JSON), named ``event`` when given."""
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
