@@ -44,6 +44,8 @@ from typing import Any
 
 IMAGES_DIR = Path(__file__).resolve().parent
 REPO_DIR = IMAGES_DIR.parent
+# This checkout's package builds this checkout's images, whichever copy pip installed last.
+sys.path.insert(0, str(REPO_DIR))
 
 try:
     from llamaswap_docker.errors import LlamaswapError

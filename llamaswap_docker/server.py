@@ -108,6 +108,8 @@ def load_serving_config(settings: Settings) -> tuple[Config, str]:
             "built-in demo config" + (" with a real model" if real else ""))
 
 
+# The uvicorn internals overridden here are checked against the installed uvicorn by
+# tests/unit/test_server_uvicorn_hooks.py (pyproject.toml pins the range tested).
 class ProxyServer(uvicorn.Server):
     """uvicorn's server, but SIGTERM/SIGINT end in a graceful shutdown and exit code 0.
 

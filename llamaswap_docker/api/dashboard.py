@@ -32,7 +32,14 @@ from loguru import logger
 from starlette.responses import JSONResponse, Response
 
 from llamaswap_docker.api.errors import error_response
-from llamaswap_docker.api.logs import IDLE, SHUTDOWN_POLL_S, STREAM_HEADERS, ClosingStreamingResponse, queued
+from llamaswap_docker.api.logs import (
+    IDLE,
+    REFOLLOW_INTERVAL_S,
+    SHUTDOWN_POLL_S,
+    STREAM_HEADERS,
+    ClosingStreamingResponse,
+    queued,
+)
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
 from llamaswap_docker.api.readings import container_reading
 from llamaswap_docker.api.state import AppState, app_state
@@ -150,15 +157,18 @@ async def container_stats(request: Request, model: str) -> Response:
     containers = state.manager.containers
     # Opened here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_stats, container.id)
-    body = _relay(stream, model_id, container.name, _monitor(request),
+    body = _relay(containers, container.id, stream, model_id, container.name, _monitor(request),
                   lambda: state.manager.should_exit)
     return ClosingStreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-async def _relay(stream: Iterator[dict[str, Any]], model_id: str, container_name: str,
-                 monitor: Monitor, stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, Any]],
+                 model_id: str, container_name: str, monitor: Monitor,
+                 stop: Callable[[], bool]) -> AsyncIterator[bytes]:
     """Relay readings of an engine stats stream read in a daemon thread; leaving closes it.
 
+    The stream ends when the container stops. An engine that ends it while the container runs
+    on (a hiccup) is asked again, as a log follower does (``logs._follow``).
     ``monitor.stats_streams`` counts the engine streams open: the reader thread takes its
     count back only once the engine stream has ended (the thread was unblocked).
     """
@@ -167,6 +177,7 @@ async def _relay(stream: Iterator[dict[str, Any]], model_id: str, container_name
     end: Any = object()
     closed = threading.Event()
     counted = threading.Lock()
+    current = stream
 
     def offer(item: Any) -> None:
         if item is end or queue.qsize() < STATS_QUEUE_LIMIT:
@@ -179,13 +190,26 @@ async def _relay(stream: Iterator[dict[str, Any]], model_id: str, container_name
             pass
 
     def pump() -> None:
+        nonlocal current
         try:
-            for raw in stream:
-                if closed.is_set():
-                    break
-                push(container_reading(raw))
+            while not closed.is_set():
+                try:
+                    for raw in current:
+                        if closed.is_set():
+                            return
+                        push(container_reading(raw))
+                except Exception as exc:  # noqa: BLE001 - an engine hiccup: decided below
+                    logger.bind(model=model_id).debug("container stats stream broke: {}", exc)
+                state = None if closed.is_set() else containers.state(container_id)
+                # Throttled, so an engine that keeps ending the stream costs one call a second.
+                if state is None or not state.running or closed.wait(REFOLLOW_INTERVAL_S):
+                    return
+                logger.bind(model=model_id).debug("container stats stream ended early: again")
+                current = containers.follow_stats(container_id)
+                if closed.is_set():  # closed while reopening: the closer saw the old stream
+                    _close(current, model_id)
         except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
-            logger.bind(model=model_id).debug("container stats stream broke: {}", exc)
+            logger.bind(model=model_id).debug("container stats stream ended: {}", exc)
         finally:
             with counted:
                 monitor.stats_streams -= 1
@@ -218,7 +242,7 @@ async def _relay(stream: Iterator[dict[str, Any]], model_id: str, container_name
         # The client left, the container stopped or the proxy is shutting down: shutting the
         # socket down unblocks the reader thread at once.
         closed.set()
-        _close(stream, model_id)
+        _close(current, model_id)
 
 
 def _close(stream: Iterator[Any], model_id: str) -> None:

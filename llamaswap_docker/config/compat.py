@@ -41,7 +41,8 @@ MISSING_IMAGE = (
     "the program), and the model files must be mounted into it with `volumes`"
 )
 
-#: llama-swap's keys by where they are written: the top level, and one model.
+#: llama-swap's keys by where they are written: the top level, and one model. ``config import``
+#: keeps these and comments out any key that is neither one of them nor this project's.
 LLAMA_SWAP_KEYS: dict[str, frozenset[str]] = {
     "top": frozenset({
         "healthCheckTimeout", "logRequests", "logLevel", "logTimeFormat", "logToStdout",

@@ -277,7 +277,8 @@ class MeasuredNeeds:
                 return
             try:
                 with contextlib.closing(self._connect()) as db, db:
-                    db.execute("INSERT OR REPLACE INTO measured_vram VALUES (?, ?, ?, ?)",
+                    db.execute("INSERT OR REPLACE INTO measured_vram (spec_hash, model, bytes, "
+                               "measured_at) VALUES (?, ?, ?, ?)",
                                (spec_hash, model_id, value, time.time()))
             except sqlite3.Error as exc:
                 logger.bind(path=str(self.path)).error("measured need not kept: {}", exc)

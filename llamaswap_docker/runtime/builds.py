@@ -48,6 +48,7 @@ __all__ = [
     "ensure_images",
     "inputs_hash",
     "log_progress",
+    "run_phases",
     "write_context",
 ]
 
@@ -123,7 +124,7 @@ class BuildProgress:
     fraction: float | None = None
 
     def line(self) -> str:
-        """One human line: ``llamaswap/x:local: step 3/8 COPY server.py /app/server.py``."""
+        """One human line: ``llamaswap/x:local: build step 5/8 COPY server.py /app/server.py``."""
         return f"{self.image}: {self.event}" + (f" {self.detail}" if self.detail else "")
 
 
@@ -132,7 +133,7 @@ def log_progress(progress: BuildProgress) -> None:
     fields: dict[str, Any] = {"image": progress.image}
     if progress.detail:
         fields["detail"] = progress.detail
-    logger.bind(**fields).info("image {}", progress.event)
+    logger.bind(**fields).info(progress.event)
 
 
 def inputs_hash(recipe: Recipe, files: Mapping[str, Path] | None = None) -> str:
@@ -189,7 +190,7 @@ def ensure_images(
         files = recipe.context_files()
         digest = inputs_hash(recipe, files)
         if not force and _built_from(engine, recipe.tag) == digest:
-            on_progress(BuildProgress(recipe.tag, "up to date"))
+            on_progress(BuildProgress(recipe.tag, "image up to date"))
             continue
         base, bases_made = _base(engine, recipe, source, on_progress)
         made += bases_made
@@ -239,8 +240,8 @@ def _base(engine: Engine, recipe: Recipe, source: ImageSource,
         # No registry answers (an offline or firewalled engine): the same base from Debian's
         # mirror, which such machines usually still reach.
         logger.bind(image=public).debug("base pull failed: {}", exc.message)
-        on_progress(BuildProgress(local.tag, "making it with debootstrap",
-                                  f"(no registry answers for {public})"))
+        on_progress(BuildProgress(public, "base image not pulled",
+                                  f"no registry answers: making {local.tag} instead"))
         _debootstrap(engine, local, on_progress)
         return local.tag, [local.tag]
     return public, []
@@ -248,15 +249,17 @@ def _base(engine: Engine, recipe: Recipe, source: ImageSource,
 
 def _pull(engine: Engine, image: str, policy: Literal["always", "missing"],
           on_progress: Callable[[BuildProgress], None]) -> None:
-    reported = -1
+    reported = 0  # tenths of the pull reported; 0: the line before it started
 
     def on_pull(event: PullProgress) -> None:
         nonlocal reported
         tenth = int((event.fraction or 0.0) * 10)
         if tenth > reported:  # every 10 %: a line, not one per layer event
             reported = tenth
-            on_progress(BuildProgress(image, "pulling", f"{tenth * 10}%", event.fraction))
+            on_progress(BuildProgress(image, "pulling base image", f"{tenth * 10}%",
+                                      event.fraction))
 
+    on_progress(BuildProgress(image, "pulling base image"))
     # Policy "always" refreshes a base the engine has; "missing" only fetches an absent one.
     ensure_image(engine, image, policy, on_pull)
 
@@ -275,16 +278,16 @@ def _debootstrap(engine: Engine, spec: Rootfs, on_progress: Callable[[BuildProgr
             "are pulled)")
     mirror = debian_mirror()
     started = time.monotonic()
-    on_progress(BuildProgress(spec.tag, "debootstrap",
+    on_progress(BuildProgress(spec.tag, "making base image with debootstrap",
                               f"suite={spec.suite} packages={','.join(spec.packages)} "
-                              f"mirror={mirror}"))
+                              f"mirror={mirror} (a minute or two)"))
     with tempfile.TemporaryDirectory(prefix="llamaswap-rootfs-") as tmp:
         root = Path(tmp) / "root"
         command = ["debootstrap", "--variant=minbase", f"--include={','.join(spec.packages)}",
                    spec.suite, str(root), mirror]
         if spec.script:
             command.append(spec.script)
-        tail = _run_phases(command, lambda phase: on_progress(
+        tail = run_phases(command, lambda phase: on_progress(
             BuildProgress(spec.tag, "debootstrap", phase)))
         if tail is not None:
             raise LlamaswapError(f"debootstrap failed for {spec.tag}:\n{tail}")
@@ -295,23 +298,24 @@ def _debootstrap(engine: Engine, spec: Rootfs, on_progress: Callable[[BuildProgr
         engine.run_sync(f"importing {spec.tag}", engine.client.api.import_image_from_file,
                         str(archive), repository=repository, tag=tag,
                         changes=["ENV LANG=C.UTF-8"])
-    on_progress(BuildProgress(spec.tag, "made", f"in {time.monotonic() - started:.0f}s", 1.0))
+    on_progress(BuildProgress(spec.tag, "made base image",
+                              f"in {time.monotonic() - started:.0f}s", 1.0))
 
 
-def _run_phases(command: list[str], on_phase: Callable[[str], None]) -> str | None:
-    """Run debootstrap, reporting each new phase of its ``I: …`` lines (not each package);
-    return None when it succeeded, else the last lines of its output."""
+def run_phases(command: list[str], on_phase: Callable[[str], None]) -> str | None:
+    """Run debootstrap, reporting the first line of each phase of its ``I: …`` lines (not
+    each package); return None when it succeeded, else the last lines of its output."""
     lines: list[str] = []
-    phase = None
+    phases: set[str] = set()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line.rstrip())
             del lines[:-20]
-            current = debootstrap_phase(line)
-            if current is not None and current != phase:
-                phase = current
+            phase = debootstrap_phase(line)
+            if phase is not None and phase not in phases:
+                phases.add(phase)
                 on_phase(line.strip()[3:])
     return None if process.returncode == 0 else "\n".join(lines)
 
@@ -344,7 +348,7 @@ def debian_mirror() -> str:
 def _build(engine: Engine, recipe: Recipe, base: str, files: Mapping[str, Path],
            labels: Mapping[str, str], on_progress: Callable[[BuildProgress], None]) -> None:
     started = time.monotonic()
-    on_progress(BuildProgress(recipe.tag, "building",
+    on_progress(BuildProgress(recipe.tag, "building image",
                               f"from {recipe.context.name}/ on {base}", 0.0))
     tail: list[str] = []
     with tempfile.TemporaryFile() as context:
@@ -368,10 +372,11 @@ def _build(engine: Engine, recipe: Recipe, base: str, files: Mapping[str, Path],
                 step = _STEP.match(text.strip())
                 if step:
                     number, total, instruction = int(step[1]), int(step[2]), step[3]
-                    on_progress(BuildProgress(recipe.tag, f"step {number}/{total}",
-                                              instruction[:100],
+                    on_progress(BuildProgress(recipe.tag, f"build step {number}/{total}",
+                                              " ".join(instruction.split())[:100],
                                               (number - 1) / total))
-    on_progress(BuildProgress(recipe.tag, "built", f"in {time.monotonic() - started:.0f}s", 1.0))
+    on_progress(BuildProgress(recipe.tag, "built image",
+                              f"in {time.monotonic() - started:.0f}s", 1.0))
 
 
 def write_context(target: IO[bytes], files: Mapping[str, Path]) -> None:

@@ -99,10 +99,10 @@ def ensure_demo_images(
 
     def report(progress: BuildProgress) -> None:
         nonlocal announced
-        if progress.event != "up to date" and not announced:
+        if progress.event != "image up to date" and not announced:
             announced = True  # once, before the first build: why the demo is not up yet
-            logger.info("building the demo's missing images: once per machine, about 2 minutes "
-                        "when the bases have to be made too")
+            logger.info("building the demo's missing images: once per machine, a few minutes "
+                        "when their bases have to be made too")
         on_progress(progress)
 
     return ensure_images(engine, demo_recipes(models_dir), source=source, on_progress=report)

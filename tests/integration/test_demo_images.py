@@ -54,11 +54,11 @@ def test_present_demo_images_are_reported_up_to_date_and_not_built(
 ) -> None:
     seen: list[BuildProgress] = []
     # A fresh models folder: the tiny model written there is the one in the image, byte for
-    # byte, so serve's folder and build.py's agree on "up to date".
+    # byte, so serve's folder and build.py's agree on "image up to date".
     built = ensure_demo_images(engine, tmp_path, on_progress=seen.append)
     assert built == []
     assert [(event.image, event.event) for event in seen] == [
-        (tag, "up to date") for tag in DEMO_IMAGES]
+        (tag, "image up to date") for tag in DEMO_IMAGES]
 
 
 def test_a_missing_demo_image_is_built_with_progress_then_found_up_to_date(
@@ -75,14 +75,15 @@ def test_a_missing_demo_image_is_built_with_progress_then_found_up_to_date(
 
     assert built == [throwaway_tag]
     events = [event.event for event in seen]
-    assert events[0] == "building" and events[-1] == "built", events
+    assert events[0] == "building image" and events[-1] == "built image", events
     # "auto": the base the engine already has, no pull (the tests' images are built on it,
     # or on the public one where the run builds from a registry).
     assert seen[0].detail in (f"from fake-upstream/ on {PYTHON_BASE.tag}",
                               f"from fake-upstream/ on {recipe.registry_base}")
-    steps = [event for event in seen if event.event.startswith("step ")]
+    steps = [event for event in seen if event.event.startswith("build step ")]
     total = int(steps[0].event.split("/")[1])
-    assert [event.event for event in steps] == [f"step {n}/{total}" for n in range(1, total + 1)]
+    assert [event.event for event in steps] == [
+        f"build step {n}/{total}" for n in range(1, total + 1)]
     assert any(event.detail == "COPY server.py /app/server.py" for event in steps)
     fractions = [event.fraction for event in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0  # type: ignore[type-var]
@@ -94,7 +95,7 @@ def test_a_missing_demo_image_is_built_with_progress_then_found_up_to_date(
 
     again: list[BuildProgress] = []
     assert ensure_images(engine, (recipe,), labels=labels, on_progress=again.append) == []
-    assert [(event.image, event.event) for event in again] == [(throwaway_tag, "up to date")]
+    assert [(event.image, event.event) for event in again] == [(throwaway_tag, "image up to date")]
     assert docker_client.images.get(throwaway_tag).id == image.id
 
 
@@ -114,7 +115,7 @@ def test_an_image_whose_inputs_changed_is_rebuilt(
     seen: list[BuildProgress] = []
     assert ensure_images(engine, (changed,), labels=labels, on_progress=seen.append) == [
         throwaway_tag]
-    assert seen[0].event == "building"
+    assert seen[0].event == "building image"
     rebuilt = docker_client.images.get(throwaway_tag)
     assert rebuilt.id != first.id
     assert rebuilt.labels[INPUTS_LABEL] == inputs_hash(changed) != first.labels[INPUTS_LABEL]

@@ -39,12 +39,15 @@ def browser(request: pytest.FixtureRequest):
                      # Every name but the proxy's address fails: a page that needs a CDN breaks.
                      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     DOWNLOADS.mkdir(parents=True, exist_ok=True)
     options.add_experimental_option("prefs", {"download.default_directory": str(DOWNLOADS),
                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.save_screenshot(str(ARTIFACTS / f"{request.node.name}-last.png"))
+    console = "\n".join(f"{e['level']} {e['message']}" for e in driver.get_log("browser"))
+    (ARTIFACTS / f"{request.node.name}-console.log").write_text(console)
     driver.quit()
 
 

@@ -21,9 +21,9 @@ from llamaswap_docker.config.importer import (
     LLAMA_CPP_CACHE_VOLUME,
     ImportResult,
     ModelReport,
-    _tokenize,
     import_config,
 )
+from llamaswap_docker.config.importer.words import tokenize
 from llamaswap_docker.config.schema import split_command
 from llamaswap_docker.runtime.spec import ContainerSpec
 from tests.config_views import preload_ids
@@ -375,8 +375,8 @@ def test_a_file_with_no_model_left_says_so(tmp_path: Path) -> None:
     "a\\ b \"q\\\"uote\" 'single'\"double\"",
 ])
 def test_commands_split_as_this_project_and_llama_swap_split_them(cmd: str) -> None:
-    assert [value for _, _, value in _tokenize(cmd)] == split_command(cmd)
-    for start, end, value in _tokenize(cmd):
+    assert [value for _, _, value in tokenize(cmd)] == split_command(cmd)
+    for start, end, value in tokenize(cmd):
         assert shlex.split(cmd[start:end]) == [value]
 
 

@@ -22,6 +22,7 @@ from llamaswap_docker.runtime.builds import (
     Rootfs,
     debootstrap_phase,
     inputs_hash,
+    run_phases,
     write_context,
 )
 from llamaswap_docker.runtime.demo_images import (
@@ -177,16 +178,32 @@ def test_the_build_context_is_a_tar_of_the_files_owned_by_root_modes_kept(tmp_pa
 
 
 def test_progress_reads_as_one_line_per_event() -> None:
-    assert BuildProgress(FAKE_UPSTREAM, "up to date").line() == f"{FAKE_UPSTREAM}: up to date"
-    assert BuildProgress(FAKE_UPSTREAM, "step 5/8", "COPY server.py /app/server.py").line() == (
-        f"{FAKE_UPSTREAM}: step 5/8 COPY server.py /app/server.py")
+    assert BuildProgress(FAKE_UPSTREAM, "image up to date").line() == (
+        f"{FAKE_UPSTREAM}: image up to date")
+    assert BuildProgress(FAKE_UPSTREAM, "build step 5/8", "COPY server.py /app/server.py").line(
+    ) == f"{FAKE_UPSTREAM}: build step 5/8 COPY server.py /app/server.py"
 
 
-def test_debootstrap_lines_are_grouped_by_phase() -> None:
-    lines = ["I: Retrieving InRelease", "I: Retrieving libc6 2.36-9", "W: no key",
-             "I: Extracting base-files...", "I: Extracting bash..."]
+def test_debootstrap_reports_the_first_line_of_each_phase_not_each_package(
+    tmp_path: Path,
+) -> None:
+    lines = ["I: Retrieving InRelease", "I: Retrieving libc6 2.36-9", "I: Validating libc6",
+             "W: no key", "I: Retrieving bash 5.2", "I: Validating bash 5.2",
+             "I: Extracting base-files...", "I: Extracting bash...", "I: Base system installed"]
     assert [debootstrap_phase(line) for line in lines] == [
-        "Retrieving", "Retrieving", None, "Extracting", "Extracting"]
+        "Retrieving", "Retrieving", "Validating", None, "Retrieving", "Validating",
+        "Extracting", "Extracting", "Base"]
+    script = tmp_path / "fake-debootstrap"
+    script.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in lines))
+    script.chmod(0o755)
+    seen: list[str] = []
+    assert run_phases([str(script)], seen.append) is None
+    assert seen == ["Retrieving InRelease", "Validating libc6", "Extracting base-files...",
+                    "Base system installed"]
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho 'E: Failed getting release file'\nexit 1\n")
+    failing.chmod(0o755)
+    assert run_phases([str(failing)], seen.append) == "E: Failed getting release file"
 
 
 # ----------------------------------------------------------------------------- shipped files

@@ -326,6 +326,23 @@ def test_a_loading_stream_goes_on_with_the_models_own_stream() -> None:
     run(scenario)
 
 
+def test_a_client_that_leaves_a_loading_stream_leaves_the_queue() -> None:
+    async def scenario() -> None:
+        async with Upstream(answer) as url:
+            hop = Hop(url, LOADING)
+            hop.manager.stop("m")
+            client = Client(body=STREAM)
+            request = hop.request(client)
+            await until(lambda: hop.manager.waiting == 1 and client.body)
+            client.leave()
+            await request
+            assert client.status == 200 and not client.ended
+            assert hop.recorder.statuses == [CLIENT_GONE]
+            hop.assert_all_given_back()
+            await hop.close()
+    run(scenario)
+
+
 def test_no_response_headers_within_the_models_limit_is_a_504_and_a_cancel() -> None:
     upstream: Upstream
 
@@ -397,6 +414,33 @@ def test_a_stream_cut_mid_way_ends_with_an_in_band_error() -> None:
             await until(lambda: upstream.closed_by_proxy == 1)
             assert client.ended and b"request cut: cancelled by the operator" in client.body
             assert hop.recorder.statuses == [502]
+            hop.assert_all_given_back()
+            await hop.close()
+    run(scenario)
+
+
+def test_a_loading_stream_cut_before_the_models_headers_ends_in_band() -> None:
+    upstream: Upstream
+
+    async def never_answer(request, reader, writer) -> bool:
+        await upstream.wait_for_close(reader)
+        return False
+
+    async def scenario() -> None:
+        nonlocal upstream
+        upstream = Upstream(never_answer)
+        async with upstream as url:
+            hop = Hop(url, LOADING)
+            hop.manager.stop("m")
+            client = Client(body=STREAM)
+            request = hop.request(client)
+            await until(lambda: client.body)
+            hop.manager.start.set_result(None)
+            await until(lambda: upstream.requests)
+            [entry] = hop.inflight.list()
+            hop.inflight.cut(entry.id, "unloaded with force")
+            await request  # the 200 is long sent: no error response can follow it
+            assert client.ended and b"request cut: unloaded with force" in client.body
             hop.assert_all_given_back()
             await hop.close()
     run(scenario)

@@ -139,8 +139,9 @@ async def serve(manager: Manager, path: str, payload: dict[str, Any]) -> tuple[i
         sent.append(message)
 
     try:
-        await asyncio.wait_for(forward(manager, upstream, InFlightRequests(events), recorder,  # type: ignore[arg-type]
-                                       router, scope, receive, send), 30)
+        hop = forward(manager, upstream, InFlightRequests(events),  # type: ignore[arg-type]
+                      recorder, router, scope, receive, send)
+        await asyncio.wait_for(hop, 30)
     finally:
         gone.set()
         await upstream.close()
@@ -174,7 +175,8 @@ MESSAGES = {"model": "m", "stream": True, "max_tokens": 8,
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 def test_end_of_stream_error_is_framed_in_the_dialect(dialect: str) -> None:
-    framed = events_of(end_of_stream_error(dialect, 503, "model 'm' failed", "start_failed"))  # type: ignore[arg-type]
+    framed = events_of(end_of_stream_error(
+        dialect, 503, "model 'm' failed", "start_failed"))  # type: ignore[arg-type]
     if dialect == "anthropic":
         [(name, data)] = framed
         assert name == "error"

@@ -42,7 +42,8 @@ class Hook:
 
     @property
     def label(self) -> str:
-        return f"uvicorn {uvicorn.__version__}: {self.owner.__module__}.{self.owner.__qualname__}.{self.name}"
+        owner = f"{self.owner.__module__}.{self.owner.__qualname__}"
+        return f"uvicorn {uvicorn.__version__}: {owner}.{self.name}"
 
 
 EMPTY = inspect.Parameter.empty
@@ -75,6 +76,11 @@ def shape(function: Any) -> tuple[tuple[str, str, Any], ...]:
                  for p in inspect.signature(function).parameters.values())
 
 
+def written(parameters: tuple[tuple[str, str, Any], ...]) -> str:
+    return "(" + ", ".join(name if default is EMPTY else f"{name}={default!r}"
+                           for name, _, default in parameters) + ")"
+
+
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: f"{h.owner.__name__}.{h.name}")
 def test_overridden_uvicorn_hook_has_the_signature_the_override_was_written_for(
         hook: Hook) -> None:
@@ -84,7 +90,7 @@ def test_overridden_uvicorn_hook_has_the_signature_the_override_was_written_for(
         f"to this uvicorn or keep uvicorn inside pyproject.toml's range")
     assert shape(function) == hook.parameters, (
         f"{hook.label} changed its signature to {inspect.signature(function)}; the override "
-        f"in llamaswap_docker/server.py was written for {hook.parameters}")
+        f"in llamaswap_docker/server.py was written for {written(hook.parameters)}")
     assert inspect.iscoroutinefunction(function) == hook.coroutine, (
         f"{hook.label} is {'now' if not hook.coroutine else 'no longer'} a coroutine function; "
         f"the override in llamaswap_docker/server.py is not")

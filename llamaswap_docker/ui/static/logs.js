@@ -7,6 +7,7 @@ import { LogPane } from "./logpane.js";
 
 let pane = null;
 let source = "";
+let container = null;
 let unsubscribe = null;
 
 function sourcePicker() {
@@ -21,18 +22,28 @@ function sourcePicker() {
 
 function follow(route) {
   source = route.parts.length > 1 ? decodeURIComponent(route.parts.slice(1).join("/")) : "";
+  const m = source ? store.model(source) : null;
+  container = m ? m.container_name : null;
   pane.extra.replaceChildren(sourcePicker());
   pane.open(source ? `/logs/stream/${encodeURIComponent(source)}?tail=1000` : "/logs/stream?tail=1000");
+}
+
+// A model's log follows the model: a new container (a load, a restart) is followed in turn.
+function onModels() {
+  if (!$("#log-source") || $("#log-source").options.length !== store.models.length + 1) {
+    pane.extra.replaceChildren(sourcePicker());
+  }
+  const m = source ? store.model(source) : null;
+  if (m && m.container_name && m.container_name !== container) {
+    container = m.container_name;
+    pane.open(`/logs/stream/${encodeURIComponent(source)}?tail=1000`);
+  }
 }
 
 export function enter(route) {
   if (!pane) pane = new LogPane($("#logs-pane"));
   // The picker lists the models as they come and go (a config reload).
-  unsubscribe = store.on("models", () => {
-    if (!$("#log-source") || $("#log-source").options.length !== store.models.length + 1) {
-      pane.extra.replaceChildren(sourcePicker());
-    }
-  });
+  unsubscribe = store.on("models", onModels);
   follow(route);
 }
 

@@ -134,7 +134,7 @@ function renderStats() {
 const scheduleStats = throttle(renderStats, 500);
 
 function closeStats() {
-  if (statsAbort) statsAbort.abort();
+  if (statsAbort) { console.debug(`stats stream of ${id}: closing`); statsAbort.abort(); }
   statsAbort = null;
 }
 
@@ -147,6 +147,7 @@ async function openStats() {
   const controller = new AbortController();
   statsAbort = controller;
   badge.textContent = `· ${container}: connecting…`;
+  console.debug(`stats stream of ${id} (${container}): opening`);
   try {
     const response = await fetch(`/api/models/${encodeURIComponent(id)}/stats`, { headers: headers(), signal: controller.signal });
     if (!response.ok) { badge.textContent = `· ${await errorText(response)}`; return; }
