@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -80,18 +81,24 @@ def compose_env(tmp_path_factory, tiny_model_dir: Path) -> dict[str, str]:
     return env
 
 
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @pytest.fixture(scope="session")
-def stack(images, compose_env, docker_services) -> str:
+def stack(images, compose_env, docker_services, docker_client) -> Iterator[str]:
     url = f"http://127.0.0.1:{compose_env['LLAMASWAP_PORT']}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    docker_services.wait_until_responsive(check=healthy, timeout=60, pause=0.2)
-    return url
+    # Generous: a proxy container starting on a busy 2-core machine.
+    docker_services.wait_until_responsive(check=lambda: healthy(url), timeout=180, pause=0.2)
+    yield url
+    # A test that failed midway leaves model containers on the stack's network, and then
+    # `down` cannot remove it: take them away first (the reaper would only come later).
+    for container in docker_client.containers.list(
+            all=True, filters={"label": f"io.llamaswap.instance={INSTANCE}"}):
+        container.remove(force=True)
 
 
 def proxy_container(client: docker.DockerClient) -> docker.models.containers.Container:
@@ -135,17 +142,14 @@ def test_compose_stack_serves_two_models_as_unpublished_siblings_adopts_after_cr
                     "            os.kill(int(p), 9)\n"], check=False)
     # Killing the server ends the container (its init exits), and with it this exec: 137 is
     # what that looks like from here. The restart below is the check.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 180
+    while True:
         proxy.reload()
-        if proxy.attrs["RestartCount"] >= 1 and proxy.status == "running":
-            try:
-                if httpx.get(f"{stack}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+        if proxy.attrs["RestartCount"] >= 1 and proxy.status == "running" and healthy(stack):
+            break
+        assert time.monotonic() < deadline, (
+            f"the proxy did not come back healthy: {proxy.attrs['State']}")
         time.sleep(0.2)
-    assert proxy.attrs["RestartCount"] >= 1
     assert ready_ids(stack) == before, "after a restart the running models must be adopted"
 
     # down: the proxy stops gracefully and removes its model containers.
