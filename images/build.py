@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO_DIR))
 
 try:
     from llamaswap_docker.errors import LlamaswapError
+    from llamaswap_docker.logs import configure_logging
     from llamaswap_docker.runtime import Engine
     from llamaswap_docker.runtime.builds import INPUTS_LABEL, BuildProgress, Recipe
     from llamaswap_docker.runtime.builds import ensure_images as _ensure
@@ -72,20 +73,29 @@ def log(message: str) -> None:
     print(f"[images] {message}", file=sys.stderr, flush=True)
 
 
-def build_wheelhouse(target: Path = IMAGES_DIR / "proxy" / "wheelhouse") -> None:
-    """Wheels of the package and its runtime dependencies, for an offline ``pip install``."""
-    if target.exists():
-        shutil.rmtree(target)
-    # setuptools builds in-tree: a stale build/ could ship modules deleted since.
-    shutil.rmtree(REPO_DIR / "build", ignore_errors=True)
-    log(f"building wheelhouse in {target.relative_to(REPO_DIR)}")
+def build_wheelhouse(scratch: Path) -> dict[str, Path]:
+    """Wheels of the package and its runtime dependencies, for an offline ``pip install`` in
+    the proxy's image: ``wheelhouse/NAME`` in its build context → the wheel in ``scratch``.
+
+    Built from a copy of the package: setuptools builds in-tree, and a shared build/ folder
+    could ship modules deleted since or mix two builds running at once.
+    """
+    source = scratch / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_DIR / name, source / name)
+    shutil.copytree(REPO_DIR / "llamaswap_docker", source / "llamaswap_docker",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = scratch / "wheelhouse"
+    log("building the proxy's wheelhouse (pip wheel of this checkout)")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", str(target), str(REPO_DIR)],
+         "--wheel-dir", str(target), str(source)],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise SystemExit(f"pip wheel failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return {f"wheelhouse/{wheel.name}": wheel for wheel in sorted(target.iterdir())}
 
 
 BUILDS: dict[str, Recipe] = {
@@ -94,7 +104,7 @@ BUILDS: dict[str, Recipe] = {
         PROXY, IMAGES_DIR / "proxy", PYTHON_BASE, "python:3.11-slim",
         extra_inputs={"llamaswap_docker": REPO_DIR / "llamaswap_docker",
                       "pyproject.toml": REPO_DIR / "pyproject.toml"},
-        prepare=build_wheelhouse, prepared=("wheelhouse",),
+        prepare=build_wheelhouse,
     ),
     # Only for benchmarks/bench_relay.py (built when it runs).
     NGINX_UPSTREAM: Recipe(NGINX_UPSTREAM, IMAGES_DIR / "nginx-upstream", PYTHON_BASE,
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rebuild the images even if present (bases are kept)")
     parser.add_argument("--only", nargs="*", choices=sorted(BUILDS), default=list(DEFAULT_IMAGES))
     args = parser.parse_args(argv)
+    configure_logging("warn")  # the [images] lines tell the story; the package's only warnings
     try:
         built = ensure_images(tuple(args.only), source=args.source, force=args.force)
     except LlamaswapError as exc:

@@ -270,8 +270,11 @@ async def model_details(request: Request, model: str) -> JSONResponse:
     state = app_state(request)
     model_id = state.manager.resolve(model)
     config = state.config.models[model_id]
-    status = next(s for s in state.manager.status() if s.model_id == model_id)
-    runtime = state.manager.models[model_id]
+    status = next((s for s in state.manager.status() if s.model_id == model_id), None)
+    runtime = state.manager.models.get(model_id)
+    if status is None or runtime is None:  # a reload adds or removes it this very moment
+        return error_response("openai", 404, f"model {model_id!r} is being added or removed by "
+                              "a config reload: ask again in a moment", "model_not_found")
     ref = runtime.container
     monitor = _monitor(request)
     loads = monitor.loads_of(model_id)

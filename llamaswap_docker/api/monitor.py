@@ -139,6 +139,16 @@ class Monitor:
             if exact is not None:
                 since = min(wall, wall - (mono - exact))
             if current is not None:
+                ready = runtime.ready_since
+                if (ready is not None and state is not ModelState.READY
+                        and current.state != ModelState.READY.value):
+                    # Ready came and went between two looks (a short use before a swap):
+                    # the runtime still says when it became ready.
+                    ready_at = wall - (mono - ready)
+                    if current.start < ready_at < since:
+                        current.end = ready_at
+                        self.segments.append(current)
+                        current = Segment(model_id, ModelState.READY.value, ready_at)
                 current.end = max(current.start, since)
                 self.segments.append(current)
                 del self._open[model_id]

@@ -29,6 +29,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -114,10 +115,14 @@ async def forward(
     try:
         await hop.read_and_route()
         if hop.route.peer is not None:  # type: ignore[union-attr]
-            await hop.send_to_peer()
-        elif not (await hop.admit() and await hop.send_to_model()):
-            return  # the loading stream already told the client why it ended
+            hop.response = await hop.send_to_peer()
+        elif hop.admit() or await hop.wait_for_model():
+            hop.response = await hop.send_to_model()
+        else:
+            return  # the model did not start: the loading stream told the client why
         await hop.relay()
+    except UpstreamError as exc:  # from send_to_model: the model's server did not answer
+        await hop.unanswered(exc)
     except LlamaswapError as exc:
         hop.trace.status = exc.status_code
         raise
@@ -139,17 +144,6 @@ def _mib(size: int) -> str:
     return f"{size / 1048576:g} MiB"
 
 
-def _refuse_declared(headers: list[tuple[bytes, bytes]], limit: int) -> None:
-    """Refuse a body whose ``Content-Length`` already says it is larger than ``limit``."""
-    for name, value in headers:
-        if name == b"content-length":
-            if value.isdigit() and int(value) > limit:
-                raise RequestTooLarge(
-                    f"request body of {int(value)} bytes is larger than maxRequestBodySize "
-                    f"({_mib(limit)})")
-            return
-
-
 async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
     """The whole request body, refused as soon as it is known to exceed ``limit`` bytes.
 
@@ -158,7 +152,13 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
             exceed ``limit``.
         ClientGone: the client left before the end of its body.
     """
-    _refuse_declared(headers, limit)
+    for name, value in headers:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise RequestTooLarge(
+                    f"request body of {int(value)} bytes is larger than maxRequestBodySize "
+                    f"({_mib(limit)})")
+            break
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -173,7 +173,7 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
                     f"request body is larger than maxRequestBodySize ({_mib(limit)})")
             chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)  # one chunk: that very object, no copy
 
 
 class _ClientWatch:
@@ -279,8 +279,6 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
 
 def _query_model(query: bytes) -> str | None:
     """``?model=`` (the name when neither the body nor a form field says one)."""
-    if not query:
-        return None
     return (parse_qs(query.decode("latin-1")).get("model") or [None])[0]
 
 
@@ -357,7 +355,7 @@ class _Hop:
     that ``end`` gives all of it back whatever ended the request."""
 
     __slots__ = ("manager", "upstream", "inflight", "recorder", "router", "scope", "receive",
-                 "send", "path", "dialect", "routes", "trace", "route", "model_id", "target",
+                 "send", "path", "routes", "trace", "route", "model_id", "target",
                  "body", "payload", "usage_asked", "lease", "waiting", "watch", "progress",
                  "entry", "response")
 
@@ -373,15 +371,14 @@ class _Hop:
         self.receive = receive
         self.send = send
         self.path: str = scope["path"]
-        self.dialect: Dialect = dialect_for_path(self.path)
         self.routes = _routes_for(manager.config)
         self.trace = recorder.trace(self.path)
         self.route: Route | None = None
         #: The model's id, or "peer/model" ("-" until routed: then no activity row).
         self.model_id = "-"
-        #: The path and query to send upstream, and the body.
-        self.target = ""
-        self.body = b""
+        # Set by routing: ``target`` (the path and query to send upstream) and ``body``.
+        self.target: str
+        self.body: bytes
         self.payload: dict[str, Any] | None = None
         #: The hop asked for the stream's usage: its usage chunk is held back from the client.
         self.usage_asked = False
@@ -394,14 +391,23 @@ class _Hop:
 
     # -- 1, 2: read the body, route ---------------------------------------------------------
 
-    async def read_and_route(self) -> None:
+    # Steps that only prepare an await return the awaitable instead of awaiting it: no
+    # coroutine of their own for every request.
+
+    def read_and_route(self) -> Awaitable[None]:
         """Read the body and find where it goes: the model or peer ``/upstream/<model>/…``
         names, or the one the body (a form field, ``?model=``) names."""
         if self.path.startswith(_UPSTREAM):
-            await self._route_by_path()
-        else:
-            await self._route_by_body()
-        self.model_id = self.route.model_id  # type: ignore[union-attr]
+            return self._route_by_path()
+        return self._route_by_body()
+
+    @property
+    def _dialect(self) -> Dialect:
+        """The caller's dialect, for the error events written in-band (read only then)."""
+        return dialect_for_path(self.path)
+
+    def _routed(self, route: Route) -> None:
+        self.model_id = route.model_id
         trace = self.trace
         trace.routed = trace.admitted = time.monotonic()
         if trace.capture is not None:
@@ -419,6 +425,7 @@ class _Hop:
                                     routes.limits.get(route.model_id, routes.largest_body))
         query: bytes = scope["query_string"]
         self.target = "/" + rest + ("?" + query.decode("latin-1") if query else "")
+        self._routed(route)
 
     async def _route_by_body(self) -> None:
         scope, routes = self.scope, self.routes
@@ -426,7 +433,8 @@ class _Hop:
         query: bytes = scope["query_string"]
         body = await read_body(headers, self.receive, routes.largest_body)
         request = parse_model_request(body, _header(headers, b"content-type"),
-                                      _query_model(query), uploads=self.path in UPLOAD_PATHS)
+                                      _query_model(query) if query else None,
+                                      uploads=self.path in UPLOAD_PATHS)
         # From here ``end`` gives back a selector's reservation, whatever fails.
         self.route = route = self.router.route(request.model_name)
         if route.peer is None and route.model_id not in routes.limits:  # a reload added it
@@ -435,9 +443,12 @@ class _Hop:
         if len(body) > limit:
             raise RequestTooLarge(f"request body of {len(body)} bytes is larger than "
                                   f"maxRequestBodySize ({_mib(limit)}) of model {route.model_id!r}")
-        self.payload = request.payload
-        self.body = _rewritten(routes, route, request, self._usage_request(route))
+        self.payload = payload = request.payload
+        streamed = payload is not None and payload.get("stream") is True
+        self.body = _rewritten(routes, route, request,
+                               self._usage_request(route) if streamed else None)
         self.target = self.path + ("?" + query.decode("latin-1") if query else "")
+        self._routed(route)
 
     def _usage_request(self, route: Route) -> dict[str, Any] | None:
         """What to add to the body so that a stream says its tokens (``proxy.stream_usage``);
@@ -453,21 +464,20 @@ class _Hop:
 
     # -- 3: the lease -----------------------------------------------------------------------
 
-    async def admit(self) -> bool:
-        """Take a lease on the model: at once when it is ready, else once it started (the
-        client watched meanwhile). False: the wait failed and the loading stream said so."""
+    def admit(self) -> bool:
+        """Take a lease on the model if it is ready now; False: wait for it (``wait_for_model``).
+        From here the client is watched: leaving cancels the request."""
         self.lease = self.manager.try_acquire(self.model_id)
         self.watch = _ClientWatch(self.receive)
-        if self.lease is None and not await self._wait_for_model():
+        if self.lease is None:
             return False
-        routes = self.routes
-        self.entry = self.inflight.add(
-            self.model_id, self.path, self.scope.get("client"),
-            routes.stall_timeouts.get(self.model_id, routes.stall_timeout))
-        self.entry.responded = self.progress is not None
+        self._in_flight()
         return True
 
-    async def _wait_for_model(self) -> bool:
+    async def wait_for_model(self) -> bool:
+        """Wait for the model to start (or to be swapped in) and take a lease on it; a stream
+        that asks for loading state gets progress meanwhile. False: the wait failed and the
+        loading stream said so in-band."""
         self.trace.admitted = None  # until it is
         self.waiting = waiting = asyncio.ensure_future(self.manager.acquire(self.model_id))
         if self._wants_loading_state():
@@ -481,7 +491,16 @@ class _Hop:
             self.lease = await waiting
         self.waiting = None
         self.trace.admitted = time.monotonic()
+        self._in_flight()
         return True
+
+    def _in_flight(self) -> None:
+        """Register the admitted request (``GET /api/inflight``, cuts, the stall watchdog)."""
+        routes = self.routes
+        self.entry = self.inflight.add(
+            self.model_id, self.path, self.scope.get("client"),
+            routes.stall_timeouts.get(self.model_id, routes.stall_timeout))
+        self.entry.responded = self.progress is not None
 
     def _wants_loading_state(self) -> bool:
         """A streaming chat request for a model that is not ready, with ``sendLoadingState``."""
@@ -495,59 +514,56 @@ class _Hop:
 
     # -- 4: send ----------------------------------------------------------------------------
 
-    async def send_to_model(self) -> bool:
-        """Send the request to the lease's container. False: it failed while a loading stream
-        was open, and the stream said why.
-
-        Raises:
-            UpstreamUnavailable: no connection, or a broken one (502).
-            UpstreamTimeout: no response headers within ``timeouts.responseHeader`` (504).
-        """
+    def send_to_model(self) -> Awaitable[UpstreamResponse]:
+        """Send the request to the lease's container, with the container's own key when it
+        has one; the response once its headers are in. A failure (``UpstreamError``) goes to
+        ``unanswered``."""
         lease = self.lease
         assert lease is not None
-        connect_timeout, header_timeout = self.routes.timeouts.get(self.model_id,
-                                                                   _DEFAULT_TIMEOUTS)
-        try:
-            self.response = await self.upstream.send(
-                self.scope["method"], lease.base_url, self.target, self._model_headers(lease),
-                self.body or None, connect_timeout=connect_timeout, header_timeout=header_timeout)
-        except UpstreamError as exc:
-            error = await self._unanswered(exc, header_timeout)
-            if self.progress is None:
-                raise error from None
-            await self._end_in_band(error)
-            return False
-        return True
-
-    def _model_headers(self, lease: Lease) -> list[tuple[bytes, bytes]]:
         authorization = lease.container.authorization
         if authorization:  # the container's own key replaces whatever the client sent
             headers = request_headers(self.scope["headers"], PROXY_AUTH_HEADERS)
             headers.append((b"authorization", authorization.encode()))
-            return headers
-        return request_headers(self.scope["headers"], self.routes.drop)
+        else:
+            headers = request_headers(self.scope["headers"], self.routes.drop)
+        connect_timeout, header_timeout = self.routes.timeouts.get(self.model_id,
+                                                                   _DEFAULT_TIMEOUTS)
+        return self.upstream.send(self.scope["method"], lease.base_url, self.target, headers,
+                                  self.body or None, connect_timeout=connect_timeout,
+                                  header_timeout=header_timeout)
 
-    async def _unanswered(self, exc: UpstreamError,
-                          header_timeout: float | None) -> UpstreamUnavailable:
-        if exc.timeout:  # the connection is closed: the server sees the request cancelled
-            return UpstreamTimeout(
-                f"model {self.model_id!r} sent no response headers within "
-                f"timeouts.responseHeader ({header_timeout:g} s); the request was cancelled")
-        return UpstreamUnavailable(await self._why(exc, "did not answer"))
-
-    async def send_to_peer(self) -> None:
-        """Send the request to the route's peer: no lease (nothing to start or swap); the
-        peer's key replaces the client's.
+    async def unanswered(self, exc: UpstreamError) -> None:
+        """The model's server sent no response: say so, as an error response or, on a loading
+        stream, in-band.
 
         Raises:
-            UpstreamUnavailable, UpstreamTimeout: as for a model (``peers.send_to_peer``).
+            UpstreamUnavailable: no connection, or a broken one (502).
+            UpstreamTimeout: no response headers within ``timeouts.responseHeader`` (504; the
+                connection is closed, so the server sees the request cancelled).
         """
+        if exc.timeout:
+            _, header_timeout = self.routes.timeouts.get(self.model_id, _DEFAULT_TIMEOUTS)
+            error: UpstreamUnavailable = UpstreamTimeout(
+                f"model {self.model_id!r} sent no response headers within "
+                f"timeouts.responseHeader ({header_timeout:g} s); the request was cancelled")
+        else:
+            error = UpstreamUnavailable(await self._why(exc, "did not answer"))
+        if self.progress is not None:
+            await self._end_in_band(error)
+            return
+        self.trace.status = error.status_code
+        raise error from None
+
+    def send_to_peer(self) -> Awaitable[UpstreamResponse]:
+        """Send the request to the route's peer: no lease (nothing to start or swap); the
+        peer's key replaces the client's. Its failures are raised as a model's are
+        (``UpstreamUnavailable``, ``UpstreamTimeout``: ``peers.send_to_peer``)."""
         route, routes = self.route, self.routes
         assert route is not None and route.peer is not None
         self.watch = _ClientWatch(self.receive)
         self.entry = self.inflight.add(self.model_id, self.path, self.scope.get("client"),
                                        routes.stall_timeout)
-        self.response = await _send_to_peer(
+        return _send_to_peer(
             self.upstream, route, self.scope["method"], self.target,
             peer_headers(self.scope["headers"], route.peer, routes.drop, PROXY_AUTH_HEADERS),
             self.body or None)
@@ -563,7 +579,7 @@ class _Hop:
 
     # -- 5: relay ---------------------------------------------------------------------------
 
-    async def relay(self) -> None:
+    def relay(self) -> Awaitable[None]:
         """Relay the answer: whole when small, else chunk by chunk as it arrives.
 
         Each write to the client is marked in ``entry.writing_since``: the in-flight watchdog
@@ -575,18 +591,14 @@ class _Hop:
         if self.progress is not None:
             trace.status, trace.headers = 200, _SSE_HEADERS
             if response.status != 200:  # the stream's 200 is long sent: say it in-band
-                await self._refused_in_band(response)
-                return
-        else:
-            trace.status, trace.headers = response.status, response.raw_headers
-            start: Message = {"type": "http.response.start", "status": response.status,
-                              "headers": response_headers(response.raw_headers)}
-            if response.small:
-                await self._relay_whole(response, start)
-                return
-            self.entry.responded = True
-            await self.send(start)
-        await self._relay_chunks(response, self.entry)
+                return self._refused_in_band(response)
+            return self._relay_chunks(response, self.entry, None)
+        trace.status, trace.headers = response.status, response.raw_headers
+        start: Message = {"type": "http.response.start", "status": response.status,
+                          "headers": response_headers(response.raw_headers)}
+        if response.small:
+            return self._relay_whole(response, start)
+        return self._relay_chunks(response, self.entry, start)
 
     async def _relay_whole(self, response: UpstreamResponse, start: Message) -> None:
         try:
@@ -606,15 +618,19 @@ class _Hop:
         entry.writing_since = time.monotonic()
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _relay_chunks(self, response: UpstreamResponse, entry: InFlight) -> None:
+    async def _relay_chunks(self, response: UpstreamResponse, entry: InFlight,
+                            start: Message | None) -> None:
         send = self.send
+        if start is not None:  # (a loading stream's 200 is long sent)
+            entry.responded = True
+            await send(start)
+        if self.usage_asked and response.is_event_stream:
+            await self._relay_holding_usage(response, entry)
+            return
         scan = self.trace.chunk
-        hold = UsageHoldBack() if self.usage_asked and response.is_event_stream else None
         try:
             async for chunk in response.chunks():
-                scan(chunk)  # what the server sent, the usage chunk included
-                if hold is not None and not (chunk := hold.chunk(chunk)):
-                    continue
+                scan(chunk)
                 entry.bytes += len(chunk)
                 entry.writing_since = time.monotonic()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -623,8 +639,31 @@ class _Hop:
             await self._cut_mid_response(exc)
             return
         self.watch.stop()  # type: ignore[union-attr]
-        await send({"type": "http.response.body", "body": hold.rest() if hold else b"",
-                    "more_body": False})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay_holding_usage(self, response: UpstreamResponse, entry: InFlight) -> None:
+        """``_relay_chunks`` for a stream whose usage the hop asked for: its usage chunk is
+        held back (``proxy.stream_usage``). A loop of its own, so that other streams pay
+        nothing for it, and this one a few byte checks per chunk."""
+        send = self.send
+        scan = self.trace.chunk
+        hold = UsageHoldBack()
+        try:
+            async for chunk in response.chunks():
+                scan(chunk)  # what the server sent, the usage chunk included
+                if hold.carry or not chunk.endswith(b"\n\n") or b'"usage"' in chunk:
+                    chunk = hold.chunk(chunk)  # cut mid-event, or a usage chunk maybe
+                    if not chunk:
+                        continue
+                entry.bytes += len(chunk)
+                entry.writing_since = time.monotonic()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                entry.writing_since = None
+        except UpstreamError as exc:
+            await self._cut_mid_response(exc)
+            return
+        self.watch.stop()  # type: ignore[union-attr]
+        await send({"type": "http.response.body", "body": hold.rest(), "more_body": False})
 
     async def _refused_in_band(self, response: UpstreamResponse) -> None:
         try:
@@ -633,13 +672,13 @@ class _Hop:
             detail = f"(and then: {exc})"
         message = f"model {self.model_id!r} answered {response.status}: {detail}"
         self.trace.status = 502
-        await _end_stream(self.send, self.dialect, 502, message, "upstream_error")
+        await _end_stream(self.send, self._dialect, 502, message, "upstream_error")
 
     async def _cut_mid_response(self, exc: UpstreamError) -> None:
         message = await self._why(exc, "stopped answering mid-response")
         if self.progress is not None or self.response.is_event_stream:  # type: ignore[union-attr]
             self.watch.stop()  # type: ignore[union-attr]
-            await _stream_error(self.send, self.dialect, message)
+            await _stream_error(self.send, self._dialect, message)
         else:
             # No in-band way to say it: end without the final chunk, so the client sees a
             # broken body rather than a short one that looks complete.
@@ -648,7 +687,7 @@ class _Hop:
     async def _end_in_band(self, error: LlamaswapError) -> None:
         """End a loading stream (its 200 long sent) with ``error``."""
         self.trace.status = error.status_code
-        await _end_stream(self.send, self.dialect, error.status_code, error.message, error.code)
+        await _end_stream(self.send, self._dialect, error.status_code, error.message, error.code)
 
     # -- cancelled --------------------------------------------------------------------------
 
@@ -687,7 +726,7 @@ class _Hop:
         if self.progress is not None or (self.response is not None
                                          and self.response.is_event_stream):
             self.watch.stop()  # type: ignore[union-attr]
-            await _stream_error(self.send, self.dialect, message)
+            await _stream_error(self.send, self._dialect, message)
 
     # -- 6: end -----------------------------------------------------------------------------
 
@@ -708,7 +747,11 @@ class _Hop:
         if route is not None and route.release is not None:
             route.release()  # a spillover selector's reservation
         if self.model_id != "-":
-            self._record()
+            try:
+                self.recorder.finish(self.trace, self.model_id)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a request
+                logger.opt(exception=exc).bind(model=self.model_id).error(
+                    "recording the request failed")
 
     def _lease_taken(self) -> Lease | None:
         """The lease, or one a wait still pending was given as it was cancelled."""
@@ -717,12 +760,6 @@ class _Hop:
             waiting.cancel()  # acquire() gives back an admission that races the cancel
         return self.lease or _admitted(waiting)
 
-    def _record(self) -> None:
-        try:
-            self.recorder.finish(self.trace, self.model_id)
-        except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a request
-            logger.opt(exception=exc).bind(model=self.model_id).error(
-                "recording the request failed")
 
 
 async def _failure(manager: ModelManager, lease: Lease, exc: UpstreamError, what: str) -> str:

@@ -9,6 +9,10 @@ own ``timings``. So the hop asks on the client's behalf and drops that one event
 client gets: the stream reads as it would have without the proxy. A client that asked gets
 the server's bytes unchanged. A model (or peer) whose ``filters`` name ``stream_options`` is
 never asked: stripping it is how to keep this away from a server that refuses the option.
+
+The activity row and a capture see the stream as the server sent it, usage chunk included. A
+server that, once asked, also puts ``"usage": null`` on every other chunk (OpenAI's own API
+does; vLLM and llama-server do not) shows the client those nulls: only the usage chunk goes.
 """
 
 from __future__ import annotations
@@ -69,29 +73,30 @@ class UsageHoldBack:
     """An event stream as the client gets it: without the first usage chunk, every other
     byte as it came. An event cut across chunks waits for its end (it may be that chunk)."""
 
-    __slots__ = ("_carry", "held")
+    __slots__ = ("carry", "held")
 
     def __init__(self) -> None:
-        self._carry = b""
+        #: The start of an event whose end has not come yet (held until it does).
+        self.carry = b""
         #: The usage chunk was found and held back (the rest passes untouched).
         self.held = False
 
     def chunk(self, chunk: bytes) -> bytes:
         """What of ``chunk`` goes to the client now (may be empty)."""
-        if self._carry:
-            chunk = self._carry + chunk
-            self._carry = b""
+        if self.carry:
+            chunk = self.carry + chunk
+            self.carry = b""
         if self.held:
             return chunk
         if not chunk.endswith(b"\n\n"):
             end = _last_boundary(chunk)
             if len(chunk) - end <= MAX_CARRY:
-                chunk, self._carry = chunk[:end], chunk[end:]
+                chunk, self.carry = chunk[:end], chunk[end:]
         return self._without_usage(chunk) if b'"usage"' in chunk else chunk
 
     def rest(self) -> bytes:
         """What is left at the end of the stream (an event the server did not end)."""
-        carry, self._carry = self._carry, b""
+        carry, self.carry = self.carry, b""
         return self._without_usage(carry) if not self.held and b'"usage"' in carry else carry
 
     def _without_usage(self, data: bytes) -> bytes:

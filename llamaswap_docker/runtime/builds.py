@@ -35,7 +35,7 @@ from loguru import logger
 
 from llamaswap_docker.errors import EngineError, ImageNotFound, ImagePullFailed, LlamaswapError
 from llamaswap_docker.runtime.engine import Engine, translate_errors
-from llamaswap_docker.runtime.images import PullProgress, ensure_image
+from llamaswap_docker.runtime.images import PullProgress, pull_image
 
 __all__ = [
     "INPUTS_LABEL",
@@ -96,10 +96,10 @@ class Recipe:
     #: Inputs outside the context (name → file or folder), hashed but not sent: the package
     #: the proxy image installs.
     extra_inputs: Mapping[str, Path] = field(default_factory=dict)
-    #: Run right before a build (never for an image that is up to date), and the folders of the
-    #: context it writes: sent with the context, left out of the hash (made from its inputs).
-    prepare: Callable[[], None] | None = None
-    prepared: tuple[str, ...] = ()
+    #: Files made right before a build (never for an image that is up to date), in the scratch
+    #: folder it is given (name in the context → file): sent, not hashed, as they are made from
+    #: hashed inputs. The proxy's wheelhouse, built from the package.
+    prepare: Callable[[Path], Mapping[str, Path]] | None = None
 
     def context_files(self) -> dict[str, Path]:
         """What the build sees: name in the context → file on this machine."""
@@ -137,8 +137,8 @@ def log_progress(progress: BuildProgress) -> None:
 
 
 def inputs_hash(recipe: Recipe, files: Mapping[str, Path] | None = None) -> str:
-    """Hash of what ``recipe``'s image is built from: its context (``prepared`` folders left
-    out) and its extra inputs, each file by name and bytes.
+    """Hash of what ``recipe``'s image is built from: its context and its extra inputs, each
+    file by name and bytes.
 
     Names are ``<context folder>/<path>`` and ``<extra input>/<path>``: the hash does not depend
     on where the files lie on this machine.
@@ -147,8 +147,6 @@ def inputs_hash(recipe: Recipe, files: Mapping[str, Path] | None = None) -> str:
     digest = hashlib.sha256()
     prefix = recipe.context.name
     for name in sorted(files, key=PurePosixPath):
-        if PurePosixPath(name).parts[0] in recipe.prepared:
-            continue
         digest.update(f"{prefix}/{name}".encode())
         digest.update(files[name].read_bytes())
     for name, root in recipe.extra_inputs.items():
@@ -194,30 +192,33 @@ def ensure_images(
             continue
         base, bases_made = _base(engine, recipe, source, on_progress)
         made += bases_made
-        if recipe.prepare is not None:
-            recipe.prepare()
-            files = recipe.context_files()  # what prepare wrote is sent too
-        _build(engine, recipe, base, files, {**(labels or {}), INPUTS_LABEL: digest},
-               on_progress)
+        # A scratch folder of its own: two builds at once (two test runs) share no files.
+        with tempfile.TemporaryDirectory(prefix="llamaswap-build-") as scratch:
+            if recipe.prepare is not None:
+                files = {**files, **recipe.prepare(Path(scratch))}
+            _build(engine, recipe, base, files, {**(labels or {}), INPUTS_LABEL: digest},
+                   on_progress)
         made.append(recipe.tag)
     return made
 
 
 def _built_from(engine: Engine, tag: str) -> str | None:
     """The inputs hash ``tag`` was built from (None: no such image, or not built by us)."""
+    labels = _labels(engine, tag)
+    return None if labels is None else labels.get(INPUTS_LABEL)
+
+
+def _present(engine: Engine, tag: str) -> bool:
+    return _labels(engine, tag) is not None
+
+
+def _labels(engine: Engine, tag: str) -> dict[str, str] | None:
+    """The image's labels; None when the engine has no such image."""
     try:
         attrs = engine.run_sync(f"inspecting image {tag}", engine.client.api.inspect_image, tag)
     except ImageNotFound:
         return None
-    return ((attrs.get("Config") or {}).get("Labels") or {}).get(INPUTS_LABEL)
-
-
-def _present(engine: Engine, tag: str) -> bool:
-    try:
-        engine.run_sync(f"inspecting image {tag}", engine.client.api.inspect_image, tag)
-    except ImageNotFound:
-        return False
-    return True
+    return (attrs.get("Config") or {}).get("Labels") or {}
 
 
 def _base(engine: Engine, recipe: Recipe, source: ImageSource,
@@ -225,7 +226,12 @@ def _base(engine: Engine, recipe: Recipe, source: ImageSource,
     """The base to build ``recipe`` on, made present now; and the bases made for it."""
     local, public = recipe.local_base, recipe.registry_base
     if source == "registry":
-        _pull(engine, public, "always", on_progress)
+        try:
+            _pull(engine, public, on_progress)  # a newer base replaces the engine's
+        except ImagePullFailed as exc:
+            raise LlamaswapError(
+                f"{exc.message}: it is the base of {recipe.tag}. Without a registry, build on "
+                f"Debian bases that debootstrap makes: --source local (or auto)") from exc
         return public, []
     if _present(engine, local.tag):
         return local.tag, []
@@ -235,8 +241,8 @@ def _base(engine: Engine, recipe: Recipe, source: ImageSource,
     if _present(engine, public):
         return public, []
     try:
-        _pull(engine, public, "missing", on_progress)
-    except (ImagePullFailed, ImageNotFound) as exc:
+        _pull(engine, public, on_progress)
+    except ImagePullFailed as exc:
         # No registry answers (an offline or firewalled engine): the same base from Debian's
         # mirror, which such machines usually still reach.
         logger.bind(image=public).debug("base pull failed: {}", exc.message)
@@ -247,8 +253,7 @@ def _base(engine: Engine, recipe: Recipe, source: ImageSource,
     return public, []
 
 
-def _pull(engine: Engine, image: str, policy: Literal["always", "missing"],
-          on_progress: Callable[[BuildProgress], None]) -> None:
+def _pull(engine: Engine, image: str, on_progress: Callable[[BuildProgress], None]) -> None:
     reported = 0  # tenths of the pull reported; 0: the line before it started
 
     def on_pull(event: PullProgress) -> None:
@@ -260,8 +265,7 @@ def _pull(engine: Engine, image: str, policy: Literal["always", "missing"],
                                       event.fraction))
 
     on_progress(BuildProgress(image, "pulling base image"))
-    # Policy "always" refreshes a base the engine has; "missing" only fetches an absent one.
-    ensure_image(engine, image, policy, on_pull)
+    pull_image(engine, image, on_pull)
 
 
 def _debootstrap(engine: Engine, spec: Rootfs, on_progress: Callable[[BuildProgress], None]) -> None:
@@ -274,8 +278,8 @@ def _debootstrap(engine: Engine, spec: Rootfs, on_progress: Callable[[BuildProgr
     if os.geteuid() != 0:
         raise LlamaswapError(
             f"making the base image {spec.tag} with debootstrap needs root: run this once as "
-            "root (it is kept), or let the Docker engine reach a registry (then public bases "
-            "are pulled)")
+            "root (the base is kept for later runs), or let the Docker engine reach a registry "
+            "(then public bases are pulled)")
     mirror = debian_mirror()
     started = time.monotonic()
     on_progress(BuildProgress(spec.tag, "making base image with debootstrap",

@@ -28,6 +28,7 @@ __all__ = [
     "is_demo_image",
     "is_local_reference",
     "missing_image_hint",
+    "pull_image",
     "split_reference",
 ]
 
@@ -201,21 +202,28 @@ def missing_image_hint(image: str) -> str:
 
 
 def _pull_failed(image: str, reason: Any) -> ImagePullFailed:
-    why = f"pulling image {image!r} failed: {str(reason).strip()}"
+    return ImagePullFailed(f"pulling image {image!r} failed: {str(reason).strip()}")
+
+
+def _with_hint(image: str, failure: str) -> str:
+    """A pull's failure, followed by what a user can do about it for this image."""
     how = missing_image_hint(image)
     if is_demo_image(image):
-        return ImagePullFailed(f"{why}. {how}")
+        return f"{failure}. {how}"
     if is_local_reference(image):
-        return ImagePullFailed(
-            f"{why}. {image!r} names a local image, which no registry has: {how}, and set "
-            f"pullPolicy: never so that a missing image is reported rather than pulled")
-    return ImagePullFailed(
-        f"{why}. Check the image name and that the engine can reach (and is logged in to) its "
-        f"registry, or {how} and set pullPolicy: never"
-    )
+        return (f"{failure}. {image!r} names a local image, which no registry has: {how}, and "
+                f"set pullPolicy: never so that a missing image is reported rather than pulled")
+    return (f"{failure}. Check the image name and that the engine can reach (and is logged in "
+            f"to) its registry, or {how} and set pullPolicy: never")
 
 
-def _pull(engine: Engine, image: str, on_progress: Callable[[PullProgress], None] | None) -> None:
+def pull_image(engine: Engine, image: str,
+               on_progress: Callable[[PullProgress], None] | None = None) -> None:
+    """Pull ``image`` now, reporting progress (blocking: call from a worker thread).
+
+    Raises:
+        ImagePullFailed: the engine could not pull it; the message is its reason.
+    """
     repository, tag = split_reference(image)
     log = logger.bind(image=image)
     log.info("pulling image")
@@ -257,4 +265,7 @@ def ensure_image(
                 how += ", or set pullPolicy: missing to pull it"
             raise ImageNotFound(
                 f"image {image!r} is not on the engine and pullPolicy is 'never': {how}")
-        _pull(engine, image, on_progress)
+        try:
+            pull_image(engine, image, on_progress)
+        except ImagePullFailed as exc:
+            raise ImagePullFailed(_with_hint(image, exc.message)) from exc.__cause__

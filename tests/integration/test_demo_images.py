@@ -15,6 +15,7 @@ import docker
 import docker.errors
 import pytest
 
+from llamaswap_docker.errors import EngineError
 from llamaswap_docker.runtime import Engine
 from llamaswap_docker.runtime.builds import INPUTS_LABEL, BuildProgress, ensure_images, inputs_hash
 from llamaswap_docker.runtime.demo_images import (
@@ -119,3 +120,24 @@ def test_an_image_whose_inputs_changed_is_rebuilt(
     rebuilt = docker_client.images.get(throwaway_tag)
     assert rebuilt.id != first.id
     assert rebuilt.labels[INPUTS_LABEL] == inputs_hash(changed) != first.labels[INPUTS_LABEL]
+
+
+def test_a_failing_build_says_which_image_and_step_and_leaves_no_image(
+    engine: Engine, docker_client: docker.DockerClient, throwaway_tag: str, tmp_path: Path,
+) -> None:
+    context = tmp_path / "broken"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo 'no llama-server here' >&2 && exit 3\n")
+    recipe = dataclasses.replace(
+        next(r for r in demo_recipes(tmp_path) if r.tag == FAKE_UPSTREAM), tag=throwaway_tag,
+        context=context)
+    with pytest.raises(EngineError) as caught:
+        ensure_images(engine, (recipe,), labels={TEST_RUN_LABEL: RUN_ID},
+                      on_progress=lambda _: None)
+    message = caught.value.message
+    assert message.startswith(f"building {throwaway_tag} failed: The command '/bin/sh -c echo")
+    assert "returned a non-zero code: 3" in message
+    assert "no llama-server here" in message  # the build's own output, for the reader
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(throwaway_tag)

@@ -58,8 +58,9 @@ def shot(driver: webdriver.Chrome, name: str, full: bool = False) -> Path:
         driver.save_screenshot(str(path))
         return path
     size = driver.get_window_size()
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(size["width"], min(max(size["height"], height + 20), 6000))
+    for _ in range(2):  # a taller window can lay the page out taller still: measure again
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(size["width"], min(max(size["height"], height + 200), 6000))  # + the window frame
     try:
         driver.save_screenshot(str(path))
     finally:

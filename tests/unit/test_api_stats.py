@@ -169,6 +169,18 @@ def test_the_timeline_has_a_segment_per_state_and_ready_starts_when_the_model_be
     assert [s["state"] for s in monitor.timeline(after=1005.0)] == ["ready", "failed"]
 
 
+def test_a_ready_spell_shorter_than_a_look_is_still_on_the_timeline() -> None:
+    monitor, runtimes, _ = _monitor("a")
+    runtimes["a"].state = ModelState.STARTING
+    monitor.observe_states(100.0, 10.0)
+    # Ready at 10.1, then evicted (stopping) before the next look at 10.25.
+    runtimes["a"].state, runtimes["a"].ready_since = ModelState.STOPPING, 10.1
+    monitor.observe_states(100.25, 10.25)
+    assert [(s["state"], s["start"], s["end"]) for s in monitor.timeline()] == [
+        ("starting", 100.0, pytest.approx(100.1)), ("ready", pytest.approx(100.1), 100.25),
+        ("stopping", 100.25, None)]
+
+
 def test_a_model_reloaded_away_closes_its_segment() -> None:
     monitor, runtimes, _ = _monitor("a")
     runtimes["a"].state = ModelState.READY

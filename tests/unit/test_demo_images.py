@@ -135,24 +135,21 @@ def test_the_inputs_hash_depends_on_names_and_bytes_not_on_where_the_folder_lies
     assert inputs_hash(_recipe(one)) != inputs_hash(_recipe(renamed))
 
 
-def test_generated_files_and_extra_inputs_count_and_prepared_folders_do_not(
-    tmp_path: Path,
-) -> None:
+def test_generated_files_and_extra_inputs_count_and_caches_do_not(tmp_path: Path) -> None:
     context = _context(tmp_path / "ctx", {"Dockerfile": "FROM x\n"})
     model = _context(tmp_path / "gen", {"tiny.gguf": "weights"}) / "tiny.gguf"
-    package = _context(tmp_path / "pkg", {"mod.py": "a = 1", "__pycache__/mod.pyc": "x"})
+    _context(tmp_path / "pkg", {"mod.py": "a = 1", "__pycache__/mod.pyc": "x"})
     plain = inputs_hash(_recipe(context))
     with_model = _recipe(context, generated=lambda: {"models/tiny.gguf": model})
     assert inputs_hash(with_model) != plain
     assert "models/tiny.gguf" in with_model.context_files()
 
-    with_package = _recipe(context, extra_inputs={"pkg": tmp_path / "pkg"}, prepared=("wheels",))
+    with_package = _recipe(context, extra_inputs={"pkg": tmp_path / "pkg"})
     before = inputs_hash(with_package)
-    (context / "wheels").mkdir()
-    (context / "wheels" / "pkg-1.whl").write_text("built from pkg")  # what prepare writes
+    assert before != plain
+    assert "mod.py" not in with_package.context_files()  # hashed, not sent
     (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_text("y")
     assert inputs_hash(with_package) == before
-    assert "wheels/pkg-1.whl" in with_package.context_files()  # sent, though not hashed
     (tmp_path / "pkg" / "mod.py").write_text("a = 2")
     assert inputs_hash(with_package) != before
 

@@ -169,6 +169,21 @@ def test_a_stream_that_did_not_ask_is_asked_for_usage_and_the_chunk_is_held_back
     run(scenario)
 
 
+def test_events_cut_across_the_servers_chunks_reach_the_client_whole_without_usage() -> None:
+    stream = b"".join(vllm_events(True))
+    pieces = [stream[i:i + 7] for i in range(0, len(stream), 7)]
+
+    async def scenario() -> None:
+        upstream = Upstream(vllm_like(pieces))
+        async with upstream as url:
+            hop = Hop(url)
+            client = Client(body=STREAMED)
+            await hop.request(client)
+            assert client.body == b"".join(vllm_events(False))
+            await hop.close()
+    run(scenario)
+
+
 def test_a_stream_that_asked_itself_gets_the_servers_bytes_unchanged() -> None:
     asked = json.dumps({"model": "m", "stream": True, "stream_options": {"include_usage": True},
                         "messages": []}).encode()

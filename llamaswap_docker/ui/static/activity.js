@@ -61,24 +61,35 @@ function setControls(q) {
   $("#filter-limit").value = String(q.limit);
 }
 
+// Rows that came live while a page was being read are not in its count: read it again then.
+let loading = false;
+let missed = false;
+
 async function load() {
   const q = query;
   const table = $("#activity-table");
   activityHead(table, { sort: q.sort, order: q.order, onSort: (key) =>
     navigate(routeOf({ ...q, page: 1, sort: key, order: key === q.sort && q.order === "desc" ? "asc" : "desc" })) });
   let page;
+  loading = true;
+  missed = false;
   try {
     page = await apiJson(`/api/metrics/activity?${apiParams(q)}`);
   } catch (error) {
     $("#activity-page").textContent = `error: ${error.message}`;
     return;
+  } finally {
+    loading = false;
   }
   if (q !== query) return; // the URL changed meanwhile
   total = page.total;
   unseen = 0;
   table.tBodies[0].replaceChildren(...page.data.map(activityRow));
   renderPager();
+  if (missed) reloadSoon();
 }
+
+const reloadSoon = throttle(() => { if (query) load(); }, 500);
 
 function renderPager() {
   const pages = Math.max(1, Math.ceil(total / query.limit));
@@ -94,6 +105,7 @@ function onActivity(row) {
   const q = query;
   if (q.models.length && !q.models.includes(row.model)) return;
   if (!statusMatches(q.status, row.resp_status_code)) return;
+  if (loading) { missed = true; return; }
   total += 1;
   const body = $("#activity-table").tBodies[0];
   if (q.page === 1 && q.sort === "id" && q.order === "desc") {

@@ -71,7 +71,9 @@ export function lineChart(target, { series, height = 150, yFormat = String, xFor
     root.append(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" }),
       text(left - 6, y + 4, yFormat(value), { "text-anchor": "end", class: "axis" }));
   }
-  for (const [x, anchor] of [[x0, "start"], [(x0 + x1) / 2, "middle"], [x1, "end"]]) {
+  // One point in time (a first reading) gets one label, not three on top of each other.
+  const ticks = x1 === x0 ? [[x1, "end"]] : [[x0, "start"], [(x0 + x1) / 2, "middle"], [x1, "end"]];
+  for (const [x, anchor] of ticks) {
     root.append(text(sx(x), height - 5, xFormat(x), { "text-anchor": anchor, class: "axis" }));
   }
   series.forEach((s, index) => {

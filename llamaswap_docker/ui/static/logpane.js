@@ -4,6 +4,8 @@
 import { el, errorText, headers, readLines, Ring, throttle } from "./lib.js";
 
 export const LOG_LINES = 5000;
+// Milliseconds before following a broken stream again.
+const RETRY_MS = 2000;
 
 export class LogPane {
   constructor(root, { limit = LOG_LINES, height = null } = {}) {
@@ -61,7 +63,8 @@ export class LogPane {
     this.view.scrollTop = this.view.scrollHeight;
   }
 
-  // Follow a text stream (GET /logs/stream or /logs/stream/<model>) until close().
+  // Follow a text stream (GET /logs/stream or /logs/stream/<model>) until close(); a stream
+  // that broke (not one the server ended) is followed again, without its history.
   async open(path) {
     this.close();
     this.ring.clear();
@@ -69,12 +72,19 @@ export class LogPane {
     this.render();
     const controller = new AbortController();
     this.controller = controller;
-    try {
-      const response = await fetch(path, { headers: headers(), signal: controller.signal });
-      if (!response.ok) { this.add([await errorText(response)]); return; }
-      await readLines(response, (lines) => this.add(lines), controller.signal);
-    } catch (error) {
-      if (error.name !== "AbortError") this.add([`[log stream ended: ${error.message}]`]);
+    let url = path;
+    while (!controller.signal.aborted) {
+      try {
+        const response = await fetch(url, { headers: headers(), signal: controller.signal });
+        if (!response.ok) { this.add([await errorText(response)]); return; }
+        await readLines(response, (lines) => this.add(lines), controller.signal);
+        return;
+      } catch (error) {
+        if (error.name === "AbortError") return;
+        this.add([`[log stream broke: ${error.message}; following again]`]);
+        url = path.replace(/tail=\d+/, "tail=0");
+        await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      }
     }
   }
 

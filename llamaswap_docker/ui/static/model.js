@@ -16,6 +16,8 @@ const READINGS = 300;
 // Activity rows of this model kept for its charts and table.
 const ROWS = 500;
 const TABLE_ROWS = 25;
+// Milliseconds before opening a broken stats stream again.
+const STATS_RETRY_MS = 2000;
 
 let id = null;
 let details = null;
@@ -146,26 +148,34 @@ async function openStats() {
   if (!container) { badge.textContent = "· not running"; return; }
   const controller = new AbortController();
   statsAbort = controller;
-  badge.textContent = `· ${container}: connecting…`;
-  console.debug(`stats stream of ${id} (${container}): opening`);
-  try {
-    const response = await fetch(`/api/models/${encodeURIComponent(id)}/stats`, { headers: headers(), signal: controller.signal });
-    if (!response.ok) { badge.textContent = `· ${await errorText(response)}`; return; }
-    badge.textContent = `· ${container}: live`;
-    badge.dataset.live = "1";
-    await readEvents(response, (event) => {
-      if (event.type === "stats") {
-        readings.push({ ...event.data, t: Date.parse(event.data.read) || Date.now() });
-        badge.dataset.readings = readings.length;
-        scheduleStats();
-      } else if (event.type === "end") {
-        badge.textContent = `· ${event.data.container} stopped`;
-      }
-    });
-  } catch (error) {
-    if (error.name !== "AbortError") badge.textContent = `· stats ended: ${error.message}`;
-  } finally {
-    badge.dataset.live = "";
+  const name = container;
+  badge.textContent = `· ${name}: connecting…`;
+  console.debug(`stats stream of ${id} (${name}): opening`);
+  // A stream that broke (the network, not the container stopping) is opened again while the
+  // page shows the same container.
+  while (!controller.signal.aborted) {
+    try {
+      const response = await fetch(`/api/models/${encodeURIComponent(id)}/stats`, { headers: headers(), signal: controller.signal });
+      if (!response.ok) { badge.textContent = `· ${await errorText(response)}`; return; }
+      badge.textContent = `· ${name}: live`;
+      badge.dataset.live = "1";
+      await readEvents(response, (event) => {
+        if (event.type === "stats") {
+          readings.push({ ...event.data, t: Date.parse(event.data.read) || Date.now() });
+          badge.dataset.readings = readings.length;
+          scheduleStats();
+        } else if (event.type === "end") {
+          badge.textContent = `· ${event.data.container} stopped`;
+        }
+      });
+      return;
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      badge.textContent = `· stats stream broke (${error.message}): again in a moment`;
+      await new Promise((resolve) => setTimeout(resolve, STATS_RETRY_MS));
+    } finally {
+      badge.dataset.live = "";
+    }
   }
 }
 
