@@ -217,7 +217,7 @@ async def model_logs_stream(
             f"started: nothing to show; start it with `llamaswap-docker load {model_id}`",
             "model_not_running",
         )
-    containers = state.manager.containers
+    containers = state.manager.containers_for(container)
     if not follow:
         text = await asyncio.to_thread(containers.logs_tail, container.id, tail)
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)

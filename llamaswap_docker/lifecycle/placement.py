@@ -119,6 +119,8 @@ class Need:
     pinned: tuple[str, ...] = ()
     #: Every GPU (``gpus: all``).
     every: bool = False
+    #: The engine it is pinned to (``engine:``); "": any (the GPUs of one engine).
+    engine: str = ""
 
     @property
     def uses_gpu(self) -> bool:
@@ -226,6 +228,7 @@ class Policy(Protocol):
 def config_placement(need: Need, devices: Sequence[Device]) -> Placement | None:
     """Where the config puts a model (``gpus``: a list, a count of the first GPUs, or every
     GPU), memory unchecked; None when the GPUs are unknown or it uses none."""
+    devices = _one_engine(need, devices)
     if not need.uses_gpu or not devices:
         return None
     if need.pinned:
@@ -234,7 +237,16 @@ def config_placement(need: Need, devices: Sequence[Device]) -> Placement | None:
         chosen = tuple(d.id for d in devices)
     else:
         chosen = tuple(d.id for d in devices[:need.count])
-    return Placement(chosen, need.per_device(len(chosen)))
+    return Placement(chosen, need.per_device(len(chosen)), devices[0].engine)
+
+
+def _one_engine(need: Need, devices: Sequence[Device]) -> Sequence[Device]:
+    """The GPUs a model the config places may use: its engine's, else the first engine's
+    (a model's GPUs are on one machine)."""
+    if not devices:
+        return devices
+    engine = need.engine or devices[0].engine
+    return [d for d in devices if d.engine == engine]
 
 
 class GroupPolicy:
@@ -357,9 +369,22 @@ class FitPolicy:
     def _device_sets(need: Need, devices: Sequence[Device]
                      ) -> tuple[list[tuple[str, ...]], str]:
         """The GPU sets the model may go on, and why there are none."""
+        if need.engine:
+            devices = [d for d in devices if d.engine == need.engine]
         ids = [d.id for d in devices]
         if not ids:
             return [], "no GPU in the inventory (declare docker.gpus, or check GET /api/hardware)"
+        engines = {d.id: d.engine for d in devices}
+        if len(set(engines.values())) > 1 and not need.pinned:
+            # A model's GPUs are on one machine: the sets of each engine, in order.
+            sets: list[tuple[str, ...]] = []
+            reasons = []
+            for engine in dict.fromkeys(engines.values()):
+                found, reason = FitPolicy._device_sets(
+                    need, [d for d in devices if d.engine == engine])
+                sets += found
+                reasons.append(reason)
+            return sets, "" if sets else "; ".join(r for r in reasons if r)
         if need.pinned:
             missing = [gpu for gpu in need.pinned if gpu not in ids]
             if missing:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 
 from llamaswap_docker.errors import EngineError, EngineUnreachable, ImageNotFound
@@ -87,8 +88,12 @@ class Engine:
         self.client = client
 
     @classmethod
-    def from_settings(cls, host: str | None = None, timeout: int = 60) -> "Engine":
+    def from_settings(cls, host: str | None = None, timeout: int = 60,
+                      tls: tuple[str, str, str] | None = None) -> "Engine":
         """Connect to ``host`` (an engine URL) or, when None, to DOCKER_HOST / the local socket.
+
+        ``tls`` is (CA, client certificate, client key) for a ``tcp://`` engine. An
+        ``ssh://`` engine is reached with the ``ssh`` command (its config, keys and agent).
 
         Raises:
             EngineUnreachable: no engine answers there.
@@ -96,11 +101,30 @@ class Engine:
         target = host or os.environ.get("DOCKER_HOST") or "the local socket"
         with translate_errors(f"connecting to Docker at {target}"):
             if host:
-                client = docker.DockerClient(base_url=host, timeout=timeout)
+                options: dict[str, Any] = {}
+                if tls is not None:
+                    ca, cert, key = tls
+                    options["tls"] = docker.tls.TLSConfig(client_cert=(cert, key), ca_cert=ca,
+                                                          verify=True)
+                if host.startswith("ssh://"):
+                    options["use_ssh_client"] = True
+                client = docker.DockerClient(base_url=host, timeout=timeout, **options)
             else:
                 client = docker.from_env(timeout=timeout)
             client.ping()
         return cls(client)
+
+    def ping(self, timeout: float) -> None:
+        """Ask the engine whether it answers, within ``timeout`` seconds (not the client's
+        60 s): how an engine that went away is noticed.
+
+        Raises:
+            EngineUnreachable, EngineError: it does not answer.
+        """
+        api = self.client.api
+        with translate_errors("pinging the engine"):
+            response = api._get(api._url("/_ping"), timeout=timeout)
+            api._raise_for_status(response)
 
     def run_sync(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking docker-py call, translating its errors (call it in a worker thread:
