@@ -1673,6 +1673,11 @@ class Config(_Schema):
                                self._unknown_model(name, aliases_ok=True)))
         return issues
 
+    def engine_of(self, model_id: str) -> str | None:
+        """The engine a model is pinned to (``engine:``); None: any."""
+        model = self.models.get(self._id(model_id))
+        return model.engine if model is not None else None
+
     def group_of(self, model_id: str) -> tuple[str, GroupConfig]:
         """The group a model belongs to; ungrouped models share ``"(default)"``.
 

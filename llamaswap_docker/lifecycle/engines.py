@@ -188,7 +188,7 @@ class EngineSet:
                 self.release()
                 raise
             except LlamaswapError as exc:
-                self._mark(slot, False, exc.message)
+                self._mark(slot, False, _short(exc.message))
                 continue
             self._mark(slot, True, "")
 
@@ -245,7 +245,15 @@ class EngineSet:
                 slot.reason = f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
                 continue
             except LlamaswapError as exc:
-                slot.reason = exc.message
+                if _short(exc.message) != slot.reason:
+                    logger.bind(engine=slot.label, reason=_short(exc.message)).info(
+                        "engine still down")
+                slot.reason = _short(exc.message)
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep trying; say what went wrong
+                logger.opt(exception=exc).bind(engine=slot.label).warning(
+                    "connecting to the engine failed: {}", exc)
+                slot.reason = f"{type(exc).__name__}: {exc}"
                 continue
             self._mark(slot, True, "")
             try:
@@ -272,7 +280,7 @@ class EngineSet:
         except asyncio.TimeoutError:
             return f"no answer to a ping within {PING_TIMEOUT_S:.0f}s"
         except LlamaswapError as exc:
-            return exc.message
+            return _short(exc.message)
         return None
 
     def _mark(self, slot: EngineSlot, up: bool, reason: str) -> None:
@@ -282,3 +290,9 @@ class EngineSet:
             log.info("engine up")
         else:
             log.bind(reason=reason.splitlines()[0][:300] if reason else "-").warning("engine down")
+
+
+def _short(message: str) -> str:
+    """An engine error without the advice on starting a local engine (this one is remote,
+    or known to be down)."""
+    return message.split(". Start the engine", 1)[0]

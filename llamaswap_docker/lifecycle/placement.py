@@ -67,11 +67,17 @@ def format_bytes(value: int | None) -> str:
 
 def models_to_evict(target: str, loaded: Iterable[str], rules: GroupLookup) -> set[str]:
     """The models in ``loaded`` that must stop before ``target`` may start (llama-swap's
-    groups; models in no group share a swap + exclusive group)."""
+    groups; models in no group share a swap + exclusive group; on one engine: a model
+    pinned to another engine is not evicted)."""
     target_group, flags = rules.group_of(target)
+    # Groups share one machine's memory: models pinned to other engines are not evicted.
+    engine_of = getattr(rules, "engine_of", lambda model_id: None)
+    target_engine = engine_of(target)
     evict: set[str] = set()
     for model_id in loaded:
         if model_id == target:
+            continue
+        if target_engine is not None and engine_of(model_id) not in (None, target_engine):
             continue
         group, other_flags = rules.group_of(model_id)
         if group == target_group:

@@ -90,7 +90,9 @@ def claim_instance(engine: Engine, instance: str, listen: str, me: Owner | None 
         owner = Owner.from_labels(volume.attrs.get("Labels") or {})
         if owner.token == me.token:
             return me
-        alive = _alive(engine, owner, me)
+        # A record without an owner: an engine restarted with --live-restore may hand its
+        # volumes back without their labels. Nobody can be checked there: take it over.
+        alive = _alive(engine, owner, me) if owner.token else False
         if alive is not False:
             how = "" if alive else (
                 f" (it cannot be checked from here; if it is gone, `docker volume rm {name}`)")
