@@ -45,12 +45,12 @@ class SecondEngine:
 
     def start(self, deadline_s: float = 60) -> None:
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(_as_root(
             ["dockerd", "--config-file", str(self.root / "daemon.json"), "--host", self.url,
              "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
              "--pidfile", str(self.pidfile), "--bridge", self.bridge,
              "--default-address-pool", ADDRESS_POOL, "--iptables=false", "--ip6tables=false",
-             "--live-restore"],
+             "--live-restore"]),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + deadline_s
@@ -89,8 +89,13 @@ class SecondEngine:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def _as_root(command: list[str]) -> list[str]:
+    """A second engine and its bridge need root: sudo when the tests run as another user."""
+    return command if os.geteuid() == 0 else ["sudo", "-n", *command]
+
+
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+    subprocess.run(_as_root(["ip", *args]), check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +136,7 @@ def second_engine(docker_client: docker.DockerClient,
         for line in reversed(Path("/proc/mounts").read_text().splitlines()):
             mount_point = line.split()[1]
             if mount_point.startswith(str(root)):
-                subprocess.run(["umount", "-l", mount_point], capture_output=True)
+                subprocess.run(_as_root(["umount", "-l", mount_point]), capture_output=True)
         if bridge_made:
-            subprocess.run(["ip", "link", "del", engine.bridge], capture_output=True)
+            subprocess.run(_as_root(["ip", "link", "del", engine.bridge]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import httpx
 
-from tests.conftest import RUN_INSTANCE, ProxyHandle, chat, fake_model, model_containers
+from tests.conftest import ProxyHandle, chat, fake_model, model_containers
 from tests.integration.conftest import SecondEngine
 
 DEADLINE_S = 60
@@ -141,7 +141,7 @@ def test_a_proxy_started_with_an_engine_down_serves_the_others_and_adopts_it_lat
 
     second_engine.stop()
     try:
-        proxy = proxy_processes()
+        proxy = proxy_processes(models, engines=_engines(second_engine))  # stops on exit
         assert chat(proxy.url, "here").status_code == 200
         refused = chat(proxy.url, "there")
         assert refused.status_code == 503 and "box2" in refused.json()["error"]["message"]
@@ -162,4 +162,34 @@ def test_a_proxy_started_with_an_engine_down_serves_the_others_and_adopts_it_lat
     client = second_engine.client()
     assert not model_containers(client, instance_name)
     client.close()
-    assert RUN_INSTANCE in instance_name
+
+
+def test_fit_places_across_engines_and_engine_pins_hold(
+        start_proxy: Callable[..., ProxyHandle], second_engine: SecondEngine,
+        docker_client: docker.DockerClient, instance_name: str) -> None:
+    """One declared 24 GiB GPU per engine: a model that no longer fits on the first engine
+    goes to the second (no eviction); a pinned one goes to its engine whatever fits."""
+    engines = _engines(second_engine)
+    engines["main"]["gpus"] = [{"id": 0, "memory": "24GiB"}]
+    engines["box2"]["gpus"] = [{"id": 0, "memory": "24GiB"}]
+    proxy = start_proxy({
+        "big": fake_model(vram="20GiB"), "big2": fake_model(vram="20GiB"),
+        "small": fake_model(vram="2GiB", engine="box2"),
+    }, engines=engines, routing={"router": {"use": "fit"}})
+    for model_id in ("big", "big2", "small"):
+        assert chat(proxy.url, model_id).status_code == 200
+    running = _running(proxy.url)
+    assert {m: (running[m]["engine"], running[m]["gpus"]) for m in running} == {
+        "big": ("main", ["main:0"]), "big2": ("box2", ["box2:0"]),
+        "small": ("box2", ["box2:0"])}
+    second = second_engine.client()
+    on_box2 = {c.labels["io.llamaswap.model"]: c for c in model_containers(second, instance_name)}
+    assert sorted(on_box2) == ["big2", "small"]
+    env = dict(e.split("=", 1) for e in on_box2["big2"].attrs["Config"]["Env"])
+    assert env["LLAMASWAP_DEVICES"] == "0"  # the engine's own id, not placement's box2:0
+    assert [c.labels["io.llamaswap.model"] for c in
+            model_containers(docker_client, instance_name)] == ["big"]
+    hardware = httpx.get(f"{proxy.url}/api/hardware", timeout=10).json()
+    assert [(g["id"], g["placed_bytes"] >> 30) for g in hardware["gpus"]] == [
+        ("main:0", 20), ("box2:0", 22)]
+    second.close()
