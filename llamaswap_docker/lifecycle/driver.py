@@ -272,8 +272,9 @@ class ContainerDriver:
     def changes(old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
         """A reload's models: (changed container spec, removed, added)."""
         changed = [m for m in old.models if m in new.models
-                   and ContainerSpec.from_model(m, old.models[m]).spec_hash
-                   != ContainerSpec.from_model(m, new.models[m]).spec_hash]
+                   and (ContainerSpec.from_model(m, old.models[m]).spec_hash
+                        != ContainerSpec.from_model(m, new.models[m]).spec_hash
+                        or old.models[m].engine != new.models[m].engine)]
         removed = [m for m in old.models if m not in new.models]
         added = [m for m in new.models if m not in old.models]
         return changed, removed, added

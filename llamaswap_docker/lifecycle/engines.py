@@ -116,7 +116,9 @@ class EngineSet:
         try:
             return self.slots[name]
         except KeyError:
-            raise LlamaswapError(f"engine {name!r} is not configured") from None
+            raise EngineUnreachable(f"engine {name!r} is not one the proxy started with "
+                                    "(engines: changed by a reload): restart the proxy to use "
+                                    "it") from None
 
     def containers(self, name: str) -> Containers:
         """The engine's containers.

@@ -386,6 +386,8 @@ class ModelManager:
         old = self.config
         if config.docker != old.docker:
             logger.warning("config reload: the docker: block changed; restart the proxy to apply it")
+        if config.engines != old.engines:
+            logger.warning("config reload: engines: changed; restart the proxy to apply it")
         changed, removed, added = self.driver.changes(old, config)
         logger.bind(changed=",".join(changed) or "-", removed=",".join(removed) or "-",
                     added=",".join(added) or "-").info("config reloaded")
