@@ -193,3 +193,34 @@ def test_fit_places_across_engines_and_engine_pins_hold(
     assert [(g["id"], g["placed_bytes"] >> 30) for g in hardware["gpus"]] == [
         ("main:0", 20), ("box2:0", 22)]
     second.close()
+
+
+def test_cleanup_engine_and_ps_name_the_second_engine(
+        start_proxy: Callable[..., ProxyHandle], second_engine: SecondEngine,
+        docker_client: docker.DockerClient, instance_name: str, tmp_path: Any) -> None:
+    from tests.conftest import proxy_config_yaml
+    from tests.integration.test_cli import cli
+
+    models = {"there": fake_model(engine="box2")}
+    proxy = start_proxy(models, engines=_engines(second_engine))
+    assert chat(proxy.url, "there").status_code == 200
+    listed = cli("ps", url=proxy.url)
+    assert listed.returncode == 0, listed.stderr
+    assert "ENGINE" in listed.stdout and "box2" in listed.stdout
+    second = second_engine.client()
+    orphan = second.containers.run(
+        "llamaswap/fake-upstream:local", ["--port", "8080"], detach=True,
+        labels={"io.llamaswap.managed": "true", "io.llamaswap.instance": instance_name,
+                "io.llamaswap.model": "gone"})
+    config = tmp_path / "config.yaml"
+    config.write_text(proxy_config_yaml(models, instance_name, engines=_engines(second_engine)))
+
+    removed = cli("cleanup", "-c", str(config), "--engine", "box2", "--yes", url=proxy.url)
+
+    assert removed.returncode == 0, removed.stderr
+    assert "engine 'box2'" in removed.stdout and f"removed {orphan.name}" in removed.stdout
+    [kept] = model_containers(second, instance_name, "there")  # the proxy's: left alone
+    assert kept.id == _running(proxy.url)["there"]["container_id"]
+    refused = cli("cleanup", "-c", str(config), "--engine", "box9", url=proxy.url)
+    assert refused.returncode != 0 and "box9" in refused.stderr
+    second.close()
