@@ -232,20 +232,28 @@ class EngineSet:
 
     async def _watch_one(self, slot: EngineSlot, on_lost: Callable[[EngineSlot], None],
                          on_back: Callable[[EngineSlot], Awaitable[None]]) -> None:
+        # A connection attempt that outlived its deadline (an ssh:// host that does not
+        # answer) is waited for again, not started anew: attempts never pile up.
+        attempt: asyncio.Future[None] | None = None
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             if slot.up:
-                reason = await self._ping(slot)
+                # Twice before calling it gone: a busy engine may miss one deadline (a refused
+                # connection fails both at once).
+                reason = await self._ping(slot) and await self._ping(slot)
                 if reason is not None:
                     self._mark(slot, False, reason)
                     on_lost(slot)
                 continue
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self._reconnect, slot),
-                                       CONNECT_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            if attempt is None:
+                attempt = asyncio.ensure_future(asyncio.to_thread(self._reconnect, slot))
+            done, _ = await asyncio.wait({attempt}, timeout=CONNECT_TIMEOUT_S)
+            if not done:
                 slot.reason = f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
                 continue
+            finished, attempt = attempt, None
+            try:
+                finished.result()
             except LlamaswapError as exc:
                 if _short(exc.message) != slot.reason:
                     logger.bind(engine=slot.label, reason=_short(exc.message)).info(
