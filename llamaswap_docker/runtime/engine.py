@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
+import docker.constants
 import docker.errors
 import docker.tls
 import requests.exceptions
@@ -108,7 +109,17 @@ class Engine:
                                                           verify=True)
                 if host.startswith("ssh://"):
                     options["use_ssh_client"] = True
-                client = docker.DockerClient(base_url=host, timeout=timeout, **options)
+                if tls is None:
+                    client = docker.DockerClient(base_url=host, timeout=timeout, **options)
+                else:
+                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the session's
+                    # CA: the engine's own CA must be the one its certificate is checked with,
+                    # from the first call (the API version docker-py asks for) on.
+                    client = docker.DockerClient(
+                        base_url=host, timeout=timeout,
+                        version=docker.constants.MINIMUM_DOCKER_API_VERSION, **options)
+                    client.api.trust_env = False
+                    client.api._version = client.api._retrieve_server_version()
             else:
                 client = docker.from_env(timeout=timeout)
             client.ping()

@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.conftest import FAKE_UPSTREAM_IMAGE, RUN_ID
+from tests.conftest import FAKE_UPSTREAM_IMAGE, RUN_ID, unused_tcp_port
 
 #: The second engine's bridge and its containers' networks: clear of the main engine's pools.
 BRIDGE_CIDR = "192.168.251.1/24"
@@ -40,6 +40,12 @@ class SecondEngine:
         self.socket = root / "docker.sock"
         self.url = f"unix://{self.socket}"
         self.pidfile = root / "docker.pid"
+        #: Also a TLS port (``--tlsverify``): the URL, and the client's files (CA, cert, key).
+        self.tls_port = unused_tcp_port()
+        self.tls_url = f"tcp://127.0.0.1:{self.tls_port}"
+        certs = root / "certs"
+        self.tls = {"ca": str(certs / "ca.pem"), "cert": str(certs / "cert.pem"),
+                    "key": str(certs / "key.pem")}
         self.log_path = root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +56,9 @@ class SecondEngine:
              "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
              "--pidfile", str(self.pidfile), "--bridge", self.bridge,
              "--default-address-pool", ADDRESS_POOL, "--iptables=false", "--ip6tables=false",
-             "--live-restore"]),
+             "--live-restore", "--host", self.tls_url, "--tlsverify",
+             "--tlscacert", self.tls["ca"], "--tlscert", str(self.root / "certs" / "server.pem"),
+             "--tlskey", str(self.root / "certs" / "server-key.pem")]),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + deadline_s
@@ -89,6 +97,28 @@ class SecondEngine:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def make_certs(folder: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as Docker's guide
+    to protecting the engine's TCP port makes them (openssl)."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=llamaswap test CA")
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n"
+                                       "extendedKeyUsage=serverAuth\n")
+    (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=llamaswap proxy")):
+        key = "server-key.pem" if name == "server" else "key.pem"
+        cert = "server.pem" if name == "server" else "cert.pem"
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", f"{name}.csr",
+                "-subj", subject)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", f"{name}.ext")
+
+
 def _as_root(command: list[str]) -> list[str]:
     """A second engine and its bridge need root: sudo when the tests run as another user."""
     return command if os.geteuid() == 0 else ["sudo", "-n", *command]
@@ -108,6 +138,7 @@ def second_engine(docker_client: docker.DockerClient,
     root = Path(tempfile.mkdtemp(prefix="llsw-d2-"))
     (root / "daemon.json").write_text("{}")  # /etc/docker/daemon.json's data-root: not ours
     engine = SecondEngine(root, f"llsw{RUN_ID[:6]}")
+    make_certs(root / "certs")
     bridge_made = False
     try:
         _ip("link", "add", "name", engine.bridge, "type", "bridge")

@@ -224,3 +224,28 @@ def test_cleanup_engine_and_ps_name_the_second_engine(
     refused = cli("cleanup", "-c", str(config), "--engine", "box9", url=proxy.url)
     assert refused.returncode != 0 and "box9" in refused.stderr
     second.close()
+
+
+def test_an_engine_over_tls(start_proxy: Callable[..., ProxyHandle],
+                            second_engine: SecondEngine, instance_name: str) -> None:
+    """The second engine's TLS port (``--tlsverify``), with the CA and a client certificate:
+    models run there as on its socket; without the client certificate it refuses, and the
+    proxy says so for that engine alone."""
+    engines = {"main": {"host": _main_url()},
+               "tls": {"host": second_engine.tls_url, "tls": second_engine.tls},
+               "notls": {"host": second_engine.tls_url}}
+    proxy = start_proxy({"there": fake_model(engine="tls"), "nowhere": fake_model(engine="notls"),
+                         "here": fake_model(engine="main")}, engines=engines, docker={
+                             "instance": instance_name})
+    assert chat(proxy.url, "there").status_code == 200
+    assert _running(proxy.url)["there"]["engine"] == "tls"
+    second = second_engine.client()
+    assert model_containers(second, instance_name, "there")
+    second.close()
+    refused = chat(proxy.url, "nowhere")
+    assert refused.status_code == 503 and "'notls' is not reachable" in refused.json()["error"][
+        "message"]
+    engines_now = {e["name"]: e for e in httpx.get(f"{proxy.url}/api/hardware",
+                                                   timeout=10).json()["engines"]}
+    assert engines_now["tls"]["up"] and not engines_now["notls"]["up"]
+    assert chat(proxy.url, "here").status_code == 200
