@@ -173,6 +173,8 @@ class Containers:
         #: Where the proxy reaches ports published on the engine, and the host address they
         #: are published on (a remote engine: its LAN address, and every interface).
         self.address = address or "127.0.0.1"
+        if ":" in self.address and not self.address.startswith("["):
+            self.address = f"[{self.address}]"  # an IPv6 address, as a URL writes it
         self.bind = bind or ("0.0.0.0" if address else "127.0.0.1")
         self._cdi_logged = False
 

@@ -187,6 +187,8 @@ def test_a_remote_engines_ports_are_published_on_every_interface_and_reached_at_
     pinned = Containers(_NoEngine(), "i", "n", "host", "box2", "box2.lan",  # type: ignore[arg-type]
                         "192.168.1.20")
     assert pinned.bind == "192.168.1.20"
+    six = Containers(_NoEngine(), "i", "n", "host", "box2", "fd00::20")  # type: ignore[arg-type]
+    assert six._base_url(attrs, "c", 8080) == "http://[fd00::20]:49153"
 
 
 def test_an_engine_slot_is_named_default_without_engines() -> None:
