@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ import requests.exceptions
 
 from llamaswap_docker.errors import EngineError, EngineUnreachable, ImageNotFound
 
-__all__ = ["Engine", "translate_errors", "running_in_container"]
+__all__ = ["Engine", "close_stream", "translate_errors", "running_in_container"]
 
 T = TypeVar("T")
 
@@ -77,6 +78,26 @@ def translate_errors(action: str) -> Iterator[None]:
         raise EngineError(f"{action}: {exc}") from exc
 
 
+def close_stream(stream: Any) -> None:
+    """Close an engine stream (events, logs, stats) from any thread, unblocking its reader.
+
+    docker-py shuts the stream's socket down, except on an ``ssh://`` engine, whose stream
+    has no socket to shut (docker-py fails there): its ssh channel is closed instead.
+    """
+    try:
+        stream.close()
+        return
+    except Exception:  # noqa: BLE001 - an ssh:// stream: closed below
+        pass
+    response = getattr(stream, "_response", None)
+    fp = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    channel = getattr(fp, "channel", None)  # docker-py's SSHSocket, or paramiko's channel
+    if channel is not None:
+        channel.close()
+    elif response is not None:
+        response.close()
+
+
 def running_in_container() -> bool:
     """Whether this process itself runs inside a container (Docker or Podman)."""
     return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
@@ -108,7 +129,9 @@ class Engine:
                     options["tls"] = docker.tls.TLSConfig(client_cert=(cert, key), ca_cert=ca,
                                                           verify=True)
                 if host.startswith("ssh://"):
-                    options["use_ssh_client"] = True
+                    # The ssh command, as the docker CLI (your ssh config, keys, agent); where
+                    # there is none (the proxy's image), paramiko with ~/.ssh's keys.
+                    options["use_ssh_client"] = shutil.which("ssh") is not None
                 if tls is None:
                     client = docker.DockerClient(base_url=host, timeout=timeout, **options)
                 else:
