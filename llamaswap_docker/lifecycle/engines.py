@@ -16,6 +16,7 @@ has not come back yet: the others serve meanwhile.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -62,6 +63,8 @@ class EngineSlot:
     containers: Containers | None = None
     owner: Owner | None = None
     up: bool = False
+    #: Connection attempts made (a late one's result is dropped).
+    attempt: int = 0
     #: Wall-clock time of the last change between up and down, and why it is down.
     since: float = 0.0
     reason: str = "not connected yet"
@@ -88,14 +91,8 @@ class EngineSet:
         self.watched = bool(config.engines)
         #: This proxy as the owner of the instance on every engine (one record each).
         self._me: Owner | None = None
+        self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def single(cls, containers: Containers, config: Config) -> "EngineSet":
-        """The proxy's one engine (a config without ``engines:``)."""
-        slot = EngineSlot("", None, containers.engine, containers, up=True, since=time.time(),
-                          reason="")
-        return cls([slot], config)
 
     @classmethod
     def of(cls, config: Config, listen: str = "") -> "EngineSet":
@@ -104,10 +101,6 @@ class EngineSet:
                    config, listen)
 
     # -- what the lifecycle asks -------------------------------------------------------------
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.slots)
 
     def up(self) -> list[EngineSlot]:
         return [slot for slot in self.slots.values() if slot.up]
@@ -161,6 +154,9 @@ class EngineSet:
         """
         settings = slot.settings
         assert settings is not None, "the single engine is connected by the caller"
+        with self._lock:
+            slot.attempt += 1
+            mine = slot.attempt
         tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
         engine = Engine.from_settings(settings.host, tls=tls)
         try:
@@ -168,13 +164,18 @@ class EngineSet:
             owner = claim_instance(engine, docker.instance, self.listen, self._me)
             self._me = owner
             routing = resolve_routing(docker.routing, engine)
+            containers = Containers(engine, docker.instance, docker.network, routing,
+                                    slot.name, settings.address, settings.bind)
+            containers.ensure_network()
+            with self._lock:
+                # An attempt that outlived its deadline at start-up must not replace a later
+                # one's connection.
+                if slot.attempt != mine:
+                    raise LlamaswapError("a later connection attempt replaced this one")
+                slot.engine, slot.owner, slot.containers = engine, owner, containers
         except BaseException:
             engine.close()
             raise
-        slot.engine, slot.owner = engine, owner
-        slot.containers = Containers(engine, docker.instance, docker.network, routing,
-                                     slot.name, settings.address, settings.bind)
-        slot.containers.ensure_network()
 
     def connect_all(self) -> None:
         """Connect to every engine once, at start-up (blocking): one that does not answer is
@@ -183,16 +184,43 @@ class EngineSet:
         Raises:
             InstanceOwned: another live proxy owns the instance on one of the engines.
         """
-        for slot in self.slots.values():
+        # Side by side, each within CONNECT_TIMEOUT_S: a machine that is off (no answer at
+        # all) must not hold the start for a client timeout; its attempt is left to end alone.
+        results: dict[str, BaseException | None] = {}
+
+        def attempt(name: str, slot: EngineSlot) -> None:
             try:
                 self.connect(slot)
-            except InstanceOwned:
-                self.release()
-                raise
-            except LlamaswapError as exc:
-                self._mark(slot, False, _short(exc.message))
+            except BaseException as exc:  # noqa: BLE001 - judged below
+                results[name] = exc
+            else:
+                results[name] = None
+
+        # Daemon threads: one still waiting on a silent machine must not hold the exit either.
+        threads = [threading.Thread(target=attempt, args=(name, slot), daemon=True,
+                                    name=f"llamaswap-connect-{name}")
+                   for name, slot in self.slots.items()]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for name, slot in self.slots.items():
+            if name not in results:
+                with self._lock:
+                    slot.attempt += 1  # its late result is dropped
+                self._mark(slot, False, f"no answer within {CONNECT_TIMEOUT_S:.0f}s")
                 continue
-            self._mark(slot, True, "")
+            error = results[name]
+            if isinstance(error, InstanceOwned):
+                self.release()
+                raise error
+            if isinstance(error, LlamaswapError):
+                self._mark(slot, False, _short(error.message))
+            elif error is not None:
+                raise error
+            else:
+                self._mark(slot, True, "")
 
     def release(self) -> None:
         """Give the instance up on every engine and close the connections (at shutdown)."""
@@ -246,7 +274,7 @@ class EngineSet:
                     on_lost(slot)
                 continue
             if attempt is None:
-                attempt = asyncio.ensure_future(asyncio.to_thread(self._reconnect, slot))
+                attempt = _in_daemon_thread(self._reconnect, slot)
             done, _ = await asyncio.wait({attempt}, timeout=CONNECT_TIMEOUT_S)
             if not done:
                 slot.reason = f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
@@ -306,3 +334,34 @@ def _short(message: str) -> str:
     """An engine error without the advice on starting a local engine (this one is remote,
     or known to be down)."""
     return message.split(". Start the engine", 1)[0]
+
+
+def _in_daemon_thread(function: Callable[[EngineSlot], None],
+                      slot: EngineSlot) -> asyncio.Future[None]:
+    """``function(slot)`` in a daemon thread of its own, as a future of the running loop: a
+    connection to a silent machine may take the client's whole timeout, and the loop's
+    executor is joined at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            function(slot)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, daemon=True, name=f"llamaswap-connect-{slot.label}").start()
+    return future

@@ -193,3 +193,33 @@ def test_a_remote_engines_ports_are_published_on_every_interface_and_reached_at_
 
 def test_an_engine_slot_is_named_default_without_engines() -> None:
     assert EngineSlot("", None).label == "default" and EngineSlot("box2", None).label == "box2"
+
+
+def test_an_engine_that_never_answers_does_not_hold_the_start(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A machine that is off accepts nothing and answers nothing: the start goes on without
+    it after the connection deadline, and an engine that refuses is down at once."""
+    import socket
+    import time
+
+    from llamaswap_docker.lifecycle import engines as engines_module
+
+    monkeypatch.setattr(engines_module, "CONNECT_TIMEOUT_S", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        port = silent.getsockname()[1]
+        loaded = config(f"""\
+            engines:
+              silent: {{host: "tcp://127.0.0.1:{port}"}}
+              gone: {{host: "unix://{tmp_path}/none.sock"}}
+            """)
+        engines = EngineSet.of(loaded)
+        started = time.monotonic()
+        engines.connect_all()
+        assert time.monotonic() - started < 5
+        assert "no answer within" in engines.slots["silent"].reason
+        assert not engines.slots["silent"].up and not engines.slots["gone"].up
+        assert "not reachable" in engines.slots["gone"].reason
+        engines.release()
+    finally:
+        silent.close()
