@@ -78,6 +78,18 @@ class SecondEngine:
             self.process.kill()
             self.process.wait(10)
 
+    def freeze(self) -> None:
+        """Stop the engine's process (SIGSTOP): its socket still accepts, nothing answers, as
+        an engine across a network that stopped carrying packets. Its containers serve on."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        pid = self.pidfile.read_text().strip()  # dockerd's own (Popen's may be sudo's)
+        subprocess.run(_as_root(["kill", f"-{sig.name.removeprefix('SIG')}", pid]), check=True)
+
     def answers(self) -> bool:
         try:
             client = docker.DockerClient(base_url=self.url, timeout=5)

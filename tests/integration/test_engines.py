@@ -249,3 +249,48 @@ def test_an_engine_over_tls(start_proxy: Callable[..., ProxyHandle],
                                                    timeout=10).json()["engines"]}
     assert engines_now["tls"]["up"] and not engines_now["notls"]["up"]
     assert chat(proxy.url, "here").status_code == 200
+
+
+def test_an_engine_that_stops_answering_cuts_its_streams_and_is_adopted_when_it_answers(
+        start_proxy: Callable[..., ProxyHandle], second_engine: SecondEngine) -> None:
+    """A frozen engine (its socket accepts, nothing answers) while its model's port still
+    works: only the proxy's pings can tell. Its model fails, the stream in flight is cut with
+    an error naming the engine, the other engine serves; thawed, the model is adopted."""
+    proxy = start_proxy({
+        "here": fake_model(engine="main"),
+        "there": fake_model("--tokens", "100000", "--token-rate", "20", engine="box2"),
+    }, engines=_engines(second_engine))
+    url = proxy.url
+    assert chat(url, "there", max_tokens=2).status_code == 200
+    there_id = _running(url)["there"]["container_id"]
+    streamed: list[str] = []
+
+    def stream() -> None:
+        body = {"model": "there", "stream": True, "max_tokens": 100000,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                streamed.append(line)
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    _poll("the stream to flow", lambda: len(streamed) > 2)
+    second_engine.freeze()
+    try:
+        frozen_at = time.monotonic()
+        _poll("the frozen engine's model to fail", lambda: _state(url, "there") == "failed")
+        failed_after = time.monotonic() - frozen_at
+        print(f"\nfrozen engine: its model failed {failed_after:.2f}s after it stopped answering")
+        assert failed_after < 20
+        reader.join(DEADLINE_S)
+        assert not reader.is_alive()
+        assert any("request cut" in line and "box2" in line for line in streamed), streamed[-3:]
+        assert chat(url, "here").status_code == 200
+    finally:
+        second_engine.thaw()
+    thawed_at = time.monotonic()
+    _poll("the model to be adopted", lambda: _state(url, "there") == "ready")
+    _poll("the adopted model to answer", lambda: _answers(url, "there"))
+    print(f"thawed engine: its model adopted and answering {time.monotonic() - thawed_at:.2f}s "
+          "after it answered again")
+    assert _running(url)["there"]["container_id"] == there_id
