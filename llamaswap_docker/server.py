@@ -220,6 +220,13 @@ def run_server(settings: Settings) -> int:
     intercept_stdlib_logging(quiet=(LlamaswapError,))
     warn_if_exposed(settings.host, config)
     _log_config_warnings(config)
+    if config.engines:
+        # Several engines: the app connects to each (one that is down is taken in when it
+        # answers) and claims the instance on each.
+        if settings.docker_host:
+            logger.bind(docker_host=settings.docker_host).warning(
+                "--docker-host is ignored: the config's engines: names the engines")
+        return _serve(settings, config, source, None)
     engine = Engine.from_settings(settings.docker_host or config.docker.host)
     owner = None
     try:
@@ -237,7 +244,7 @@ def run_server(settings: Settings) -> int:
         engine.close()
 
 
-def _serve(settings: Settings, config: Config, source: str, engine: Engine) -> int:
+def _serve(settings: Settings, config: Config, source: str, engine: Engine | None) -> int:
     app = create_app(config, engine, settings.host, settings.extra_allowed_hosts,
                      settings.recording)
     uv_config = uvicorn_config(app, settings.host, settings.port)

@@ -53,6 +53,8 @@ class RunningModel(BaseModel):
     need_bytes: int | None = Field(None, description="GPU memory the model needs (None: unknown)")
     need_source: str = Field("none", description="declared, estimated, measured, unknown or none")
     gpus: list[str] = Field([], description="the GPUs it runs (or is starting) on")
+    engine: str | None = Field(None, description="the engine it runs on (engines:), or is "
+                                                  "pinned to; 'default' without engines:")
 
 
 class RunningList(BaseModel):

@@ -23,6 +23,7 @@ from llamaswap_docker.api.state import AppState
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.lifecycle import ModelManager, ModelState
+from llamaswap_docker.lifecycle.engines import EngineSet
 from llamaswap_docker.observe import (
     ActivityLog,
     CaptureBuffer,
@@ -60,7 +61,7 @@ def new_control_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False, trust_env=False)
 
 
-def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
+def create_app(config: Config, engine: Engine | None, listen_host: str = "127.0.0.1",
                extra_hosts: list[str] | None = None, recording: bool = True) -> ProxyApp:
     """Build the proxy app for ``config`` on a connected ``engine``: the hop for inference
     requests, FastAPI for the rest (``ProxyApp``).
@@ -72,8 +73,15 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        routing = await asyncio.to_thread(resolve_routing, config.docker.routing, engine)
-        containers = Containers(engine, config.docker.instance, config.docker.network, routing)
+        engines, containers, routing = None, None, "per engine"
+        if config.engines:  # several engines: each connected (or retried) and claimed here
+            engines = EngineSet.of(config, listen_host)
+            await asyncio.to_thread(engines.connect_all)
+        else:
+            assert engine is not None, "a config without engines: runs on the given engine"
+            routing = await asyncio.to_thread(resolve_routing, config.docker.routing, engine)
+            containers = Containers(engine, config.docker.instance, config.docker.network,
+                                    routing)
         activity = ActivityLog(config.metrics_max_in_memory, config.store.path)
         # Before the manager, which reads its measured needs from the same file: opening
         # migrates it, or moves it aside when it cannot be used.
@@ -81,9 +89,10 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
         http = new_control_client()
         upstream = UpstreamClient()
         events = EventBus()
-        manager = ModelManager(config, containers, http, events)
+        manager = ModelManager(config, containers, http, events, engines)
         manager.on_container_gone = upstream.forget
         inflight = InFlightRequests(events)
+        manager.on_engine_lost = inflight.cut_models
         manager.metrics = metrics = Metrics(lambda: _gauges(manager), [s.value for s in ModelState])
         recorder = (Recorder if recording else RecordingOff)(
             activity, metrics, events, CaptureBuffer(config.capture_buffer << 20))
@@ -112,6 +121,8 @@ def create_app(config: Config, engine: Engine, listen_host: str = "127.0.0.1",
                 await http.aclose()
                 recorder.flush()
                 await asyncio.to_thread(activity.close)
+                if engines is not None:
+                    await asyncio.to_thread(engines.release)
 
     app = FastAPI(
         title="llamaswap-docker",

@@ -154,7 +154,7 @@ async def container_stats(request: Request, model: str) -> Response:
         state_name = runtime.state.value if runtime is not None else "removed"
         return error_response("openai", 404, f"model {model_id!r} has no container now "
                               f"({state_name}): no resource usage to show", "model_not_running")
-    containers = state.manager.containers
+    containers = state.manager.containers_for(container)
     # Opened here, so an engine error still answers as an error, not an empty stream.
     stream = await asyncio.to_thread(containers.follow_stats, container.id)
     body = _relay(containers, container.id, stream, model_id, container.name, _monitor(request),

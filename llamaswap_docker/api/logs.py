@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from llamaswap_docker.api.errors import error_response
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
+from llamaswap_docker.runtime.engine import close_stream
 
 __all__ = ["IDLE", "STREAM_HEADERS", "ClosingStreamingResponse", "queued", "router"]
 
@@ -217,7 +218,7 @@ async def model_logs_stream(
             f"started: nothing to show; start it with `llamaswap-docker load {model_id}`",
             "model_not_running",
         )
-    containers = state.manager.containers
+    containers = state.manager.containers_for(container)
     if not follow:
         text = await asyncio.to_thread(containers.logs_tail, container.id, tail)
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
@@ -294,6 +295,6 @@ def _close(stream: Iterator[bytes], model_id: str) -> None:
     close = getattr(stream, "close", None)
     if close is not None:
         try:
-            close()
+            close_stream(stream)
         except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
             logger.bind(model=model_id).debug("closing a container log stream: {}", exc)

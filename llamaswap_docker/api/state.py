@@ -21,7 +21,7 @@ __all__ = ["AppState", "app_state"]
 class AppState:
     """The running proxy: engine, model manager (which holds the config) and the clients."""
 
-    engine: Engine
+    engine: Engine | None  # None with engines: (each is the manager's: manager.engines)
     manager: ModelManager
     #: Control plane: health checks and adoption (httpx).
     http: httpx.AsyncClient

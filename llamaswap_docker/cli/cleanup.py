@@ -26,7 +26,7 @@ from llamaswap_docker.cli.client import (
     UrlOption,
 )
 from llamaswap_docker.cli.output import human_duration, print_error, stdout
-from llamaswap_docker.config import DockerSettings, load_config
+from llamaswap_docker.config import Config, DockerSettings, load_config
 from llamaswap_docker.errors import LlamaswapError
 from llamaswap_docker.runtime import ContainerRef, Containers, Engine
 
@@ -56,6 +56,10 @@ def cleanup(
         "--config", "-c", envvar="LLAMASWAP_CONFIG", show_envvar=True, dir_okay=False,
         show_default=False, help="Config naming the instance and the Docker engine.")] = None,
     docker_host: DockerHostOption = None,
+    engine_name: Annotated[Optional[str], typer.Option(
+        "--engine", "-e", show_default=False,
+        help="With a config that has engines:, the engine to clean up [default: the "
+             "first].")] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -73,6 +77,7 @@ def cleanup(
     llamaswap-docker cleanup                    # list orphans of instance 'default'
     llamaswap-docker cleanup -c config.yaml --yes
     llamaswap-docker cleanup --instance gpu1 --url http://127.0.0.1:9090 --yes
+    llamaswap-docker cleanup -c config.yaml --engine box2 --yes
     ```
     """
     loaded = load_config(config) if config is not None else None
@@ -82,15 +87,17 @@ def cleanup(
     stop_timeout = (loaded.unload_timeout if loaded and loaded.unload_timeout is not None
                     else docker_settings.stop_timeout)
     network = docker_settings.network
-    engine = Engine.from_settings(docker_host or (loaded.docker.host if loaded else None))
+    engine, name = _engine(loaded, engine_name, docker_host)
     try:
-        containers = Containers(engine, instance, network, "host")
+        containers = Containers(engine, instance, network, "host", name)
         candidates = [_Candidate(ref, ref.age_s()) for ref in containers.list_owned()]
         owned, proxy_note = _owned_by_proxy(url, api_key)
         in_use = [c for c in candidates if _listed(c.ref.id, owned)]
         orphans = [c for c in candidates if not _listed(c.ref.id, owned)]
         console = stdout()
         console.print(proxy_note, markup=False)
+        if name:
+            console.print(f"engine {name!r} ({engine.client.api.base_url})", markup=False)
         if in_use:
             console.print(f"in use by the proxy at {url}, left alone:", markup=False)
             for candidate in in_use:
@@ -119,6 +126,26 @@ def cleanup(
             raise typer.Exit(1)
     finally:
         engine.close()
+
+
+def _engine(loaded: Config | None, name: str | None,
+            docker_host: str | None) -> tuple[Engine, str]:
+    """The engine to clean up and its name: ``--engine`` of the config's ``engines:`` (the
+    first without it), else ``--docker-host`` / ``docker.host`` / DOCKER_HOST.
+
+    Raises:
+        LlamaswapError: --engine names no engine of the config.
+    """
+    engines = loaded.engines if loaded is not None else {}
+    if name is not None and name not in engines:
+        known = ", ".join(engines) or "the config has no engines: (give -c CONFIG)"
+        raise LlamaswapError(f"--engine {name!r} is not an engine of the config ({known})")
+    if engines and not docker_host:
+        name = name or next(iter(engines))
+        settings = engines[name]
+        tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
+        return Engine.from_settings(settings.host, tls=tls), name
+    return Engine.from_settings(docker_host or (loaded.docker.host if loaded else None)), ""
 
 
 def _owned_by_proxy(url: str, api_key: str | None) -> tuple[set[str], str]:

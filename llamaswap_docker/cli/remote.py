@@ -50,9 +50,12 @@ def ps(
         _print_gpus(console, hardware)
         return
     gpus_column = any(entry.get("gpus") for entry in running)
+    # Several engines (engines:): which one each model runs on.
+    engine_column = any(entry.get("engine") not in (None, "default") for entry in running)
     table = Table(box=None, pad_edge=False, header_style="bold")
     columns = ["MODEL", "STATE", "CONTAINER", "IMAGE", "UP", "REQUESTS", "TTL LEFT"]
-    for column in columns + (["GPUS"] if gpus_column else []):
+    for column in columns + (["ENGINE"] if engine_column else []) + (
+            ["GPUS"] if gpus_column else []):
         table.add_column(column, no_wrap=column in ("MODEL", "STATE"))
     for entry in running:
         state = entry.get("state", "?")
@@ -68,6 +71,7 @@ def ps(
             human_duration(entry.get("uptime_s")),
             requests,
             "never" if entry.get("ttl") == 0 else human_duration(ttl_left),
+            *([Text(entry.get("engine") or "-")] if engine_column else []),
             *([_gpus_cell(entry)] if gpus_column else []),
         )
     console.print(table)

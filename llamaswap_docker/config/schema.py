@@ -68,6 +68,8 @@ __all__ = [
     "HooksConfig",
     "DockerSettings",
     "GpuDeclaration",
+    "EngineConfig",
+    "EngineTls",
     "MatrixConfig",
     "RoutingConfig",
     "RouterConfig",
@@ -647,6 +649,8 @@ class ModelConfig(_Schema):
     platform: Platform = "cpu"  # picks the image tag and the GPU device options
     vulkan_driver: VulkanDriver = "mesa"  # platform vulkan: /dev/dri (mesa) or NVIDIA's
     gpus: Gpus = None  # None: every GPU of a GPU platform
+    # The engine (a name under `engines:`) it runs on; None: the placement policy chooses.
+    engine: str | None = Field(None, min_length=1)
     # GPU memory the model needs (None: estimated from its GGUF or vLLM flags, then
     # measured after a first load); split evenly over its GPUs.
     vram: MemorySize | None = None
@@ -979,6 +983,30 @@ class DockerSettings(_Schema):
         return network
 
 
+class EngineTls(_Schema):
+    """An engine's TLS files (``tcp://HOST:2376``): the CA that signed the engine's
+    certificate, and the client certificate and key the engine trusts."""
+
+    ca: str = Field(min_length=1)
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class EngineConfig(_Schema):
+    """One entry of ``engines:``: a Docker engine the proxy runs model containers on."""
+
+    host: str = Field(pattern=r"^(unix|ssh|tcp|npipe)://")  # the engine's URL
+    tls: EngineTls | None = None  # for tcp:// (None: plain, or ssh:// which needs none)
+    # Where the proxy reaches ports published on this engine (None: 127.0.0.1, the engine is
+    # on the proxy's machine).
+    address: str | None = Field(None, min_length=1)
+    # The host address model ports are published on (None: 127.0.0.1 without `address`,
+    # else 0.0.0.0; each start's upstream key keeps others off the model).
+    bind: str | None = Field(None, min_length=1)
+    # The engine's GPUs, declared (None: probed), as docker.gpus.
+    gpus: list[GpuDeclaration] | None = None
+
+
 class StoreConfig(_Schema):
     """Where activity rows are kept beyond memory (optional)."""
 
@@ -1255,6 +1283,9 @@ class Config(_Schema):
     groups: dict[GroupId, GroupConfig] = {}
     hooks: HooksConfig = HooksConfig()
     docker: DockerSettings = DockerSettings()
+    # Several Docker engines by name (None: one, docker.host / DOCKER_HOST); the first is
+    # the one model containers go to when neither `engine:` nor placement says otherwise.
+    engines: dict[RoutingName, EngineConfig] = {}
     # llama-swap's legacy top-level swap matrix (routing.router.settings.matrix's old place).
     matrix: MatrixConfig | None = None
     # Which router decides swaps and placement (group, matrix, fit), and queue priorities.
@@ -1393,7 +1424,23 @@ class Config(_Schema):
                 loc = ("hooks", "on_startup", "preload", index)
                 issues.append((loc, self._unknown_model(name, aliases_ok=True)))
         return (issues + self._peer_issues() + self._selector_issues() + self._profile_issues()
-                + self._routing_issues())
+                + self._routing_issues() + self._engine_issues())
+
+    def _engine_issues(self) -> list[tuple[Loc, str]]:
+        """Every ``engine:`` names an engine of ``engines:``; the engines replace docker.host."""
+        issues: list[tuple[Loc, str]] = []
+        if self.engines and self.docker.host:
+            issues.append((("docker", "host"), "engines: names the engines; move this URL to "
+                                               "an entry of engines: (host: ...)"))
+        if self.engines and self.docker.gpus is not None:
+            issues.append((("docker", "gpus"), "with engines:, declare each engine's GPUs "
+                                               "under engines: NAME: gpus:"))
+        for model_id, model in self.models.items():
+            if model.engine is not None and model.engine not in self.engines:
+                known = ", ".join(self.engines) or "none: there is no engines: block"
+                issues.append((("models", model_id, "engine"),
+                               f"engine {model.engine!r} is not under engines: ({known})"))
+        return issues
 
     def _peer_issues(self) -> list[tuple[Loc, str]]:
         """Every "peer/model" name is one peer's model, and no other name (llama-swap's
@@ -1625,6 +1672,11 @@ class Config(_Schema):
                 issues.append((("routing", "scheduler", "settings", "fifo", "priority", name),
                                self._unknown_model(name, aliases_ok=True)))
         return issues
+
+    def engine_of(self, model_id: str) -> str | None:
+        """The engine a model is pinned to (``engine:``); None: any."""
+        model = self.models.get(self._id(model_id))
+        return model.engine if model is not None else None
 
     def group_of(self, model_id: str) -> tuple[str, GroupConfig]:
         """The group a model belongs to; ungrouped models share ``"(default)"``.

@@ -37,20 +37,33 @@ class DeathWatch:
         self._on_death = on_death
         self._reasons: dict[str, str] = {}
         self.events: EventWatcher | None = None
+        #: The event watcher of each engine, by name ("" for the one engine).
+        self.watchers: dict[str, EventWatcher] = {}
 
     def start(self, containers: Containers,
               spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         """Follow the engine's events; ``spawn`` runs a coroutine on the loop (from any thread)."""
-        self.events = EventWatcher(
+        name = containers.engine_name
+        watcher = EventWatcher(
             containers.engine, containers.instance,
             on_event=lambda event: spawn(self._on_event(event)),
-            on_reconnect=lambda: spawn(self._resync()),
+            on_reconnect=lambda: spawn(self._resync(name)),
         )
-        self.events.start()
+        self.watchers[name] = watcher
+        self.events = self.events or watcher
+        watcher.start()
+
+    async def forget(self, engine: str) -> None:
+        """Stop following an engine that went away (a new watcher follows it when back)."""
+        watcher = self.watchers.pop(engine, None)
+        if watcher is not None:
+            if self.events is watcher:
+                self.events = next(iter(self.watchers.values()), None)
+            await asyncio.to_thread(watcher.stop)
 
     async def stop(self) -> None:
-        if self.events is not None:
-            await asyncio.to_thread(self.events.stop)
+        for engine in list(self.watchers):
+            await self.forget(engine)
 
     async def upstream_failed(self, container: ContainerRef) -> str | None:
         """After a failed upstream call: how the container died, or None while it runs."""
@@ -72,10 +85,11 @@ class DeathWatch:
         if event.action == "die":
             await self._check(event.container_id)
 
-    async def _resync(self) -> None:
+    async def _resync(self, engine: str = "") -> None:
         """After an event-stream gap: any container we think is up but is not, died."""
         for runtime in list(self._models().values()):
-            if runtime.container is not None and runtime.state in _WATCHED:
+            if (runtime.container is not None and runtime.state in _WATCHED
+                    and runtime.container.engine == engine):
                 await self._check(runtime.container.id)
 
     async def _check(self, container_id: str) -> None:

@@ -20,6 +20,7 @@ from loguru import logger
 
 from llamaswap_docker.config import Config
 from llamaswap_docker.errors import EngineError, LlamaswapError, ModelStartFailed
+from llamaswap_docker.lifecycle.engines import EngineSet
 from llamaswap_docker.lifecycle.health import HealthOutcome, wait_until_healthy
 from llamaswap_docker.lifecycle.placement import Placement
 from llamaswap_docker.runtime import (
@@ -65,9 +66,23 @@ def key_header(container: ContainerRef) -> dict[str, str] | None:
 class ContainerDriver:
     """Starts, inspects and stops model containers for the orchestrator."""
 
-    def __init__(self, containers: Containers, http: httpx.AsyncClient) -> None:
+    def __init__(self, containers: Containers | None, http: httpx.AsyncClient,
+                 engines: EngineSet | None = None) -> None:
         self.containers = containers
         self.http = http
+        #: Several engines (``engines:``); None: ``containers`` is the one engine's.
+        self.engines = engines
+
+    def on(self, engine: str) -> Containers:
+        """The containers of the engine named ``engine``.
+
+        Raises:
+            EngineUnreachable: that engine is down (the message names it).
+        """
+        if self.engines is None:
+            assert self.containers is not None
+            return self.containers
+        return self.engines.containers(engine)
 
     async def call(self, what: str, function: Callable[..., T], *args: Any,
                    timeout: float = ENGINE_CALL_TIMEOUT_S) -> T:
@@ -113,15 +128,21 @@ class ContainerDriver:
         model = config.models[model_id]
         # A new API key for each start: only the proxy can use the model's server.
         spec = ContainerSpec.from_model(model_id, model).with_new_key()
+        name = ""
+        if self.engines is not None:
+            name = self.engines.choose(model.engine, placement.engine if placement else None)
         if placement is not None:
-            spec = spec.with_gpus(placement.devices, placement.per_device)
+            # Placement qualifies GPU ids by engine (box2:0); the engine knows them bare.
+            devices = tuple(d.removeprefix(f"{name}:") if name else d for d in placement.devices)
+            spec = spec.with_gpus(devices, placement.per_device)
         created: ContainerRef | None = None
+        containers = self.on(name)
         try:
-            engine = self.containers.engine
+            engine = containers.engine
             what = f"preparing image for {model_id}"
             await self.call(what, engine.run_sync, what, ensure_image, engine, spec.image,
                             config.docker.pull_policy, on_pull, timeout=IMAGE_TIMEOUT_S)
-            creating = asyncio.ensure_future(self.call(f"creating {model_id}", self.containers.create, spec))
+            creating = asyncio.ensure_future(self.call(f"creating {model_id}", containers.create, spec))
             try:
                 created = await asyncio.shield(creating)
             except asyncio.CancelledError:
@@ -130,14 +151,14 @@ class ContainerDriver:
                     created = await creating
                 raise
             on_created(created)
-            created = await self.call(f"starting {model_id}", self.containers.start, created.id, spec.port)
+            created = await self.call(f"starting {model_id}", containers.start, created.id, spec.port)
             on_created(created)
             container = created
             health_url = f"{container.base_url}{model.health_path}" if model.health_path else None
             health_timeout = config.health_timeout(model_id)
             outcome, state = await wait_until_healthy(
                 self.http, health_url, health_timeout,
-                lambda: self.state(container.id),
+                lambda: self.state(container.id, container.engine),
                 abandon=abandon, headers=key_header(container),
             )
             if outcome is None:
@@ -171,7 +192,13 @@ class ContainerDriver:
         timeout = config.stop_timeout(ref.model_id) if ref.model_id in config.models else (
             config.docker.stop_timeout if config.unload_timeout is None else config.unload_timeout)
         started = time.monotonic()
-        output = await self.call(f"stopping {ref.name}", self.containers.stop, ref.id, timeout,
+        if self.engines is not None and not self.engines.slot(ref.engine).up:
+            # Nothing to ask a engine that is gone: when it is back, its leftovers are adopted
+            # or reaped as at a start.
+            logger.bind(model=ref.model_id, container=ref.name, engine=ref.engine,
+                        reason=reason).info("container left to its engine's return")
+            return LastOutput(ref.name, reason, time.time(), "")
+        output = await self.call(f"stopping {ref.name}", self.on(ref.engine).stop, ref.id, timeout,
                                  LAST_OUTPUT_LINES, timeout=timeout + ENGINE_CALL_TIMEOUT_S)
         logger.bind(model=ref.model_id, container=ref.name, reason=reason,
                     seconds=f"{time.monotonic() - started:.2f}").info("container stopped and removed")
@@ -218,17 +245,18 @@ class ContainerDriver:
                 f"{method} {path} on {ref.name} answered {response.status_code}: {response.text[:200]}")
         return response
 
-    async def state(self, container_id: str) -> ContainerState | None:
-        return await self.call(f"inspecting {container_id[:12]}", self.containers.state, container_id)
+    async def state(self, container_id: str, engine: str = "") -> ContainerState | None:
+        return await self.call(f"inspecting {container_id[:12]}", self.on(engine).state,
+                               container_id)
 
     async def logs_tail(self, ref: ContainerRef) -> str:
-        return await self.call(f"reading logs of {ref.name}", self.containers.logs_tail, ref.id,
+        return await self.call(f"reading logs of {ref.name}", self.on(ref.engine).logs_tail, ref.id,
                                LOG_TAIL_LINES)
 
     async def death(self, ref: ContainerRef, looks: int = 1) -> str | None:
         """How the container died, or None while it runs (after ``looks`` looks, 0.1 s apart)."""
         for look in range(looks):
-            state = await self.state(ref.id)
+            state = await self.state(ref.id, ref.engine)
             if state is None or not state.running:
                 return await self.death_reason(ref, state)
             if look + 1 < looks:
@@ -244,20 +272,25 @@ class ContainerDriver:
     def changes(old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
         """A reload's models: (changed container spec, removed, added)."""
         changed = [m for m in old.models if m in new.models
-                   and ContainerSpec.from_model(m, old.models[m]).spec_hash
-                   != ContainerSpec.from_model(m, new.models[m]).spec_hash]
+                   and (ContainerSpec.from_model(m, old.models[m]).spec_hash
+                        != ContainerSpec.from_model(m, new.models[m]).spec_hash
+                        or old.models[m].engine != new.models[m].engine)]
         removed = [m for m in old.models if m not in new.models]
         added = [m for m in new.models if m not in old.models]
         return changed, removed, added
 
-    async def adoptable(self, config: Config) -> list[tuple[ContainerRef, bool]]:
-        """The instance's leftover containers that can be adopted, each with whether it is
-        asleep (sleepMode); the rest are removed."""
+    async def adoptable(self, config: Config, engine: str = "",
+                        taken: Callable[[str], bool] = lambda model_id: False,
+                        ) -> list[tuple[ContainerRef, bool]]:
+        """The instance's leftover containers on ``engine`` that can be adopted, each with
+        whether it is asleep (sleepMode); the rest are removed (and those of models
+        ``taken`` says already run elsewhere)."""
         adopt: dict[str, tuple[ContainerRef, bool]] = {}
-        for ref in await self.call("listing containers", self.containers.list_owned):
+        for ref in await self.call("listing containers", self.on(engine).list_owned):
             log = logger.bind(container=ref.name, model=ref.model_id)
             # A duplicate is refused before its health is asked: it goes either way.
             refusal = ("duplicate container for the model" if ref.model_id in adopt
+                       else "the model runs elsewhere now" if taken(ref.model_id)
                        else await self.adoption_refusal(ref, config))
             asleep = False
             if refusal is None and config.models[ref.model_id].sleep_mode:
@@ -279,6 +312,8 @@ class ContainerDriver:
         model = config.models.get(ref.model_id)
         if model is None:
             return "model no longer configured"
+        if model.engine is not None and model.engine != ref.engine:
+            return f"the model is pinned to engine {model.engine!r} now"
         if ref.spec_hash != ContainerSpec.from_model(ref.model_id, model).spec_hash:
             return "config changed (spec hash differs)"
         if ref.status != "running" or ref.base_url is None:

@@ -35,7 +35,7 @@ from llamaswap_docker.runtime.gpus import (
     probe_container,
 )
 
-__all__ = ["Inventory"]
+__all__ = ["Inventories", "Inventory"]
 
 #: Sources quick enough to look at around every start (to measure what a load used).
 QUICK_SOURCES = frozenset({"nvml", "nvidia-smi"})
@@ -44,7 +44,7 @@ QUICK_SOURCES = frozenset({"nvml", "nvidia-smi"})
 class Inventory:
     """One engine's GPUs: the last report, and what placement may use of each."""
 
-    def __init__(self, engine: Engine, engine_name: str = "") -> None:
+    def __init__(self, engine: Engine | None, engine_name: str = "") -> None:
         self.engine = engine
         self.engine_name = engine_name
         self.report = GpuReport(source="none", reason="not looked at yet")
@@ -79,12 +79,21 @@ class Inventory:
         log.info("GPU inventory")
         return report
 
+    def qualified(self, gpu_id: str) -> str:
+        """A GPU's id as placement knows it: ``box2:0`` on a named engine (ids repeat across
+        engines), the bare id on the one engine of a config without ``engines:``."""
+        return f"{self.engine_name}:{gpu_id}" if self.engine_name else gpu_id
+
     def _discover(self, config: Config) -> GpuReport:
-        if config.docker.gpus is not None:
-            return declared_gpus(config.docker.gpus)
+        declared = (config.engines[self.engine_name].gpus
+                    if self.engine_name in config.engines else config.docker.gpus)
+        if declared is not None:
+            return declared_gpus(declared)
         platforms = {model.platform for model in config.models.values()}
         if not platforms & {"cuda", "rocm", "vulkan", "intel", "musa"}:
             return GpuReport(source="none", reason="no model uses a GPU platform")
+        if self.engine is None:
+            return GpuReport(source="none", reason="the engine is not reachable")
         reasons = []
         if self._local():
             for look in (nvml_gpus, list_gpus):
@@ -106,13 +115,15 @@ class Inventory:
                          or "no probe applies: declare docker.gpus")
 
     def _local(self) -> bool:
+        if self.engine is None:
+            return False
         base_url = str(getattr(self.engine.client.api, "base_url", ""))
         return "unix" in base_url or base_url.startswith("http+docker://local")
 
     def _take(self, report: GpuReport, placed: Mapping[str, Placement]) -> None:
         self.report, self.captured_at = report, time.time()
         ours: dict[str, int] = {}
-        by_id = {gpu.id: gpu for gpu in report.gpus}
+        by_id = {self.qualified(gpu.id): gpu for gpu in report.gpus}
         for placement in placed.values():
             for device in placement.devices:
                 gpu = by_id.get(device)
@@ -120,13 +131,15 @@ class Inventory:
                     held = placement.per_device
                     ours[device] = ours.get(device, 0) + (
                         gpu.memory_total_mib << 20 if held is None else held)
-        self.foreign = {gpu.id: max(0, ((gpu.memory_used_mib or 0) << 20) - ours.get(gpu.id, 0))
+        self.foreign = {gpu.id: max(0, ((gpu.memory_used_mib or 0) << 20)
+                                    - ours.get(self.qualified(gpu.id), 0))
                         for gpu in report.gpus}
 
     def devices(self) -> tuple[Device, ...]:
         """What placement may use of each GPU: its memory less what others use."""
         return tuple(
-            Device(gpu.id, (gpu.memory_total_mib << 20) - self.foreign.get(gpu.id, 0),
+            Device(self.qualified(gpu.id),
+                   (gpu.memory_total_mib << 20) - self.foreign.get(gpu.id, 0),
                    self.engine_name, gpu.name or "")
             for gpu in self.report.gpus if gpu.memory_total_mib is not None)
 
@@ -134,7 +147,7 @@ class Inventory:
         """Bytes used on these GPUs at the last look (None when unknown)."""
         total = 0
         for gpu in self.report.gpus:
-            if gpu.id in device_ids:
+            if self.qualified(gpu.id) in device_ids:
                 if gpu.memory_used_mib is None:
                     return None
                 total += gpu.memory_used_mib << 20
@@ -177,14 +190,15 @@ class Inventory:
             models = []
             placed_bytes = 0
             for model_id, placement in sorted(placed.items()):
-                if gpu.id in placement.devices:
+                if self.qualified(gpu.id) in placement.devices:
                     held = placement.per_device if placement.per_device is not None else total
                     placed_bytes += held or 0
                     models.append({"model": model_id, "bytes": held,
                                    "state": states.get(model_id, "unknown")})
-            usable = devices[gpu.id].memory if gpu.id in devices else None
+            usable = (devices[self.qualified(gpu.id)].memory if self.qualified(gpu.id) in devices
+                      else None)
             gpus.append({
-                "id": gpu.id, "index": gpu.index, "uuid": gpu.uuid, "name": gpu.name,
+                "id": self.qualified(gpu.id), "index": gpu.index, "uuid": gpu.uuid, "name": gpu.name,
                 "vendor": gpu.vendor, "memory_total_bytes": total,
                 "memory_used_bytes": None if declared or gpu.memory_used_mib is None
                 else gpu.memory_used_mib << 20,
@@ -212,3 +226,76 @@ class Inventory:
             "reason": self.report.reason,
             "gpus": gpus,
         }
+
+
+class Inventories:
+    """Every engine's GPUs (``engines:``), as one inventory: placement sees the GPUs of all
+    engines, each id qualified by its engine (``box2:0``)."""
+
+    def __init__(self, engines: Mapping[str, Engine | None]) -> None:
+        self.parts = {name: Inventory(engine, name) for name, engine in engines.items()}
+
+    @property
+    def report(self) -> GpuReport:
+        reports = [part.report for part in self.parts.values()]
+        reasons = [f"{name}: {part.report.reason}" for name, part in self.parts.items()
+                   if part.report.reason]
+        return GpuReport(tuple(gpu for r in reports for gpu in r.gpus),
+                         ",".join(sorted({r.source for r in reports})) or "none",
+                         "; ".join(reasons) or None)
+
+    @property
+    def live(self) -> bool:
+        return any(part.live for part in self.parts.values())
+
+    @property
+    def quick(self) -> bool:
+        # A measurement compares one engine's GPUs before and after: all must be quick.
+        return bool(self.parts) and all(part.quick for part in self.parts.values())
+
+    def reconnected(self, name: str, engine: Engine | None) -> None:
+        """The engine ``name`` answers again (on a new connection), or went away (None)."""
+        self.parts[name].engine = engine
+
+    async def discover(self, config: Config, placed: Mapping[str, Placement]) -> GpuReport:
+        for part in self.parts.values():
+            await part.discover(config, placed)
+        return self.report
+
+    async def discover_one(self, name: str, config: Config,
+                           placed: Mapping[str, Placement]) -> None:
+        await self.parts[name].discover(config, placed)
+
+    async def look(self, config: Config, placed: Callable[[], Mapping[str, Placement]]) -> None:
+        for part in self.parts.values():
+            await part.look(config, placed)
+
+    def devices(self) -> tuple[Device, ...]:
+        """The GPUs of the engines that answer (placement leaves a gone engine alone)."""
+        return tuple(device for part in self.parts.values() if part.engine is not None
+                     for device in part.devices())
+
+    def used(self, device_ids: tuple[str, ...]) -> int | None:
+        total = 0
+        for part in self.parts.values():
+            if any(device.id in device_ids for device in part.devices()):
+                used = part.used(device_ids)
+                if used is None:
+                    return None
+                total += used
+        return total
+
+    def to_json(self, router: str, placed: Mapping[str, Placement],
+                states: Mapping[str, str]) -> dict[str, Any]:
+        """The first engine's snapshot fields, every engine's GPUs, and ``engines``."""
+        parts = [part.to_json(router, placed, states) for part in self.parts.values()]
+        if not parts:
+            return {"router": router, "gpus": [], "engines": []}
+        first = dict(parts[0])
+        first["gpus"] = [{**gpu, "engine": part["engine"]} for part in parts
+                         for gpu in part["gpus"]]
+        first["accelerators"] = [acc for part in parts for acc in part["accelerators"]]
+        first["engine"] = ",".join(str(part["engine"]) for part in parts)
+        first["source"] = self.report.source
+        first["reason"] = self.report.reason
+        return first

@@ -33,7 +33,8 @@ from llamaswap_docker.errors import (
 from llamaswap_docker.lifecycle.deaths import DeathWatch
 from llamaswap_docker.lifecycle.driver import ContainerDriver, LastOutput
 from llamaswap_docker.lifecycle.effects import Effects, EngineEffects
-from llamaswap_docker.lifecycle.inventory import Inventory
+from llamaswap_docker.lifecycle.engines import EngineSet, EngineSlot, on_engines
+from llamaswap_docker.lifecycle.inventory import Inventories, Inventory
 from llamaswap_docker.lifecycle.model import Lease, ModelRuntime, ModelState, ModelStatus
 from llamaswap_docker.lifecycle.need import MeasuredNeeds, needs_of, with_bytes
 from llamaswap_docker.lifecycle.outcomes import Outcome, Stopped
@@ -54,8 +55,8 @@ TTL_CHECK_INTERVAL_S = 0.5
 class ModelManager:
     """Starts, swaps and stops the configured models' containers."""
 
-    def __init__(self, config: Config, containers: Containers, http: httpx.AsyncClient,
-                 events: EventBus | None = None) -> None:
+    def __init__(self, config: Config, containers: Containers | None, http: httpx.AsyncClient,
+                 events: EventBus | None = None, engines: EngineSet | None = None) -> None:
         self.config = config
         #: Live events (``GET /api/events``): model states, swaps, pulls.
         self.events = events or EventBus()
@@ -66,9 +67,14 @@ class ModelManager:
         #: Called with the base URL of each container that stopped or died: the app drops the
         #: data plane's connection pool for it (each start publishes another port).
         self.on_container_gone: Callable[[str], object] | None = None
+        #: Called with the models of an engine that went away and why: the app cuts their
+        #: requests in flight (streams get an error event).
+        self.on_engine_lost: Callable[[list[str], str], object] | None = None
         self._published: tuple[tuple[str, str, str | None], ...] = ()
         self.containers = containers
-        self.driver = ContainerDriver(containers, http)
+        #: Several engines (``engines:``); None: ``containers`` is the one engine's.
+        self.engines = engines
+        self.driver = ContainerDriver(containers, http, engines)
         self.scheduler = Scheduler(config.models, config)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         #: Forced unloads' cut callbacks, by operation id.
@@ -77,7 +83,9 @@ class ModelManager:
         self.deaths = DeathWatch(self.driver, lambda: self.models, self._died)
         self.effects: Effects = EngineEffects(self, self.driver)
         #: The engine's GPUs, and what loads measured of each spec's need.
-        self.inventory = Inventory(containers.engine)
+        self.inventory: Inventory | Inventories = (
+            Inventory(containers.engine if containers is not None else None) if engines is None
+            else Inventories({slot.name: slot.engine for slot in engines.slots.values()}))
         self.measured = MeasuredNeeds(config.store.path)
         #: Starts, stops, sleeps and wakes in progress (a measurement needs a start alone).
         self._gpu_work = 0
@@ -123,20 +131,27 @@ class ModelManager:
     async def startup(self) -> None:
         """Prepare the network, adopt or reap our leftover containers, start the TTL clock."""
         self._loop = asyncio.get_running_loop()
-        await self.driver.call("preparing the network", self.containers.ensure_network)
-        self.deaths.start(self.containers, self._from_thread)
-        for ref, asleep in await self.driver.adoptable(self.config):
-            # Wherever it was placed (its labels): placement is not in the spec hash.
-            placement = Placement(ref.devices, ref.vram) if ref.devices else None
-            self.scheduler.adopt(ref.model_id, ref, time.monotonic(), asleep=asleep,
-                                 placement=placement)
+        if self.engines is None:
+            assert self.containers is not None
+            await self.driver.call("preparing the network", self.containers.ensure_network)
+            self.deaths.start(self.containers, self._from_thread)
+            await self._adopt("")
+        else:
+            for slot in self.engines.up():  # a down one is taken in when it answers
+                assert slot.containers is not None
+                self.deaths.start(slot.containers, self._from_thread)
+                await self._adopt(slot.name)
         await self.inventory.discover(self.config, self.scheduler.placed)
         await self._plan_with_inventory(self.config)
         for model_id, model in self.config.models.items():
             spec = ContainerSpec.from_model(model_id, model)
-            for warning in await asyncio.to_thread(self.containers.host_path_warnings, spec):
-                logger.bind(model=model_id).warning(warning)
+            for containers in ([self.containers] if self.engines is None else
+                               [s.containers for s in self.engines.up()][:1]):
+                for warning in await asyncio.to_thread(containers.host_path_warnings, spec):
+                    logger.bind(model=model_id).warning(warning)
         self._spawn(self._ttl_loop())
+        if self.engines is not None:
+            self.engines.watch(self._engine_lost, self._engine_back)
         self.started = True
         for name in self.config.hooks.on_startup.preload:
             self.load_in_background(self.resolve(name))
@@ -149,6 +164,8 @@ class ModelManager:
     async def shutdown(self, keep_containers: bool = False) -> None:
         """Stop the tasks, fail queued requests, and stop and remove every owned container."""
         self.should_exit = True
+        if self.engines is not None:
+            await self.engines.stop()
         await self.deaths.stop()
         while self._tasks:  # tasks may spawn tasks as they end: until none is left
             for task in list(self._tasks):
@@ -164,7 +181,10 @@ class ModelManager:
         if keep_containers:
             logger.info("shutdown: keeping model containers for the next start to adopt")
             return
-        owned = await self.driver.call("listing containers", self.containers.list_owned)
+        owned = []
+        for containers in ([self.containers] if self.engines is None else
+                           [s.containers for s in self.engines.up()]):
+            owned += await self.driver.call("listing containers", containers.list_owned)
         await asyncio.gather(*(self.effects.stop_ref(ref, "proxy shutdown") for ref in owned))
         for runtime in self.models.values():
             runtime.state, runtime.container, runtime.draining = ModelState.STOPPED, None, False
@@ -275,6 +295,71 @@ class ModelManager:
     def _died(self, container_id: str, reason: str) -> None:
         self._apply(self.scheduler.died(container_id, reason))
 
+    # -- engines -------------------------------------------------------------------------------
+
+    def containers_for(self, container: ContainerRef) -> Containers:
+        """The containers of the engine ``container`` runs on (logs, stats).
+
+        Raises:
+            EngineUnreachable: that engine is down.
+        """
+        return self.driver.on(container.engine)
+
+    async def _adopt(self, engine: str) -> None:
+        """Adopt (or reap) the instance's containers on ``engine``: at start-up, and when an
+        engine that went away answers again (a model that runs elsewhere meanwhile, or is
+        being started, keeps that; its old container is reaped)."""
+        def taken(model_id: str) -> bool:
+            runtime = self.models.get(model_id)
+            return runtime is not None and (
+                runtime.container is not None or self.scheduler.busy(model_id)
+                or runtime.state not in (ModelState.STOPPED, ModelState.FAILED))
+
+        for ref, asleep in await self.driver.adoptable(self.config, engine, taken):
+            if taken(ref.model_id):  # started meanwhile (adoption asks the model's health)
+                await self.effects.stop_ref(ref, "the model runs elsewhere now")
+                continue
+            # Wherever it was placed (its labels): placement is not in the spec hash.
+            devices = tuple(f"{engine}:{d}" if engine else d for d in ref.devices or ())
+            placement = Placement(devices, ref.vram, engine) if devices else None
+            self.scheduler.adopt(ref.model_id, ref, time.monotonic(), asleep=asleep,
+                                 placement=placement)
+            self.models[ref.model_id].failure = None
+
+    def _engine_lost(self, slot: EngineSlot) -> None:
+        """An engine stopped answering: its models fail now, their requests are cut."""
+        reason = slot.down_error().message
+        lost = [runtime for runtime in self.models.values() if runtime.container is not None
+                and runtime.container.engine == slot.name
+                and runtime.state in (ModelState.READY, ModelState.ASLEEP)]
+        self._spawn(self.deaths.forget(slot.name))
+        if isinstance(self.inventory, Inventories):
+            self.inventory.reconnected(slot.name, None)
+        for runtime in lost:
+            assert runtime.container is not None
+            self.deaths.died(runtime.container.id, reason)
+        models = [runtime.model_id for runtime in lost]
+        logger.bind(engine=slot.label, models=",".join(models) or "-").warning(
+            "engine gone: its models failed")
+        if models and self.on_engine_lost is not None:
+            self.on_engine_lost(models, reason)
+        self._spawn(self._plan_with_inventory(self.config))
+
+    async def _engine_back(self, slot: EngineSlot) -> None:
+        """An engine answers again: follow its events, adopt or reap its containers."""
+        assert slot.containers is not None
+        self.deaths.start(slot.containers, self._from_thread)
+        await self._adopt(slot.name)
+        if isinstance(self.inventory, Inventories):
+            self.inventory.reconnected(slot.name, slot.engine)
+            await self.inventory.discover_one(slot.name, self.config, self.scheduler.placed)
+        await self._plan_with_inventory(self.config)
+        adopted = [m for m, r in self.models.items()
+                   if r.container is not None and r.container.engine == slot.name]
+        logger.bind(engine=slot.label, adopted=",".join(adopted) or "-").info(
+            "engine back: its containers adopted")
+        self.publish_status()
+
     # -- status --------------------------------------------------------------------------------
 
     def status(self) -> list[ModelStatus]:
@@ -301,6 +386,8 @@ class ModelManager:
         old = self.config
         if config.docker != old.docker:
             logger.warning("config reload: the docker: block changed; restart the proxy to apply it")
+        if config.engines != old.engines:
+            logger.warning("config reload: engines: changed; restart the proxy to apply it")
         changed, removed, added = self.driver.changes(old, config)
         logger.bind(changed=",".join(changed) or "-", removed=",".join(removed) or "-",
                     added=",".join(added) or "-").info("config reloaded")
@@ -373,7 +460,14 @@ class ModelManager:
         for op in self.scheduler.running:  # a start in progress: where it goes
             if op.target == model_id and op.placement is not None:
                 placement = op.placement
+        runtime = self.models.get(model_id)
+        container = runtime.container if runtime is not None else None
+        model = self.config.models.get(model_id)
+        # The engine it runs on; before it runs, the one it is pinned to (None: not chosen yet).
+        engine = (container.engine if container is not None
+                  else model.engine if model is not None else None)
         return {
+            "engine": "default" if self.engines is None else engine,
             "need_bytes": need.bytes if need is not None else None,
             "need_source": need.source if need is not None else "none",
             "gpus": list(placement.devices) if placement is not None else [],
@@ -386,12 +480,17 @@ class ModelManager:
             if op.target is not None and op.placement is not None:
                 placed[op.target] = op.placement
         states = {m: r.state.value for m, r in self.models.items()}
-        return self.inventory.to_json(self.config.router, placed, states)
+        data = self.inventory.to_json(self.config.router, placed, states)
+        if self.engines is not None:
+            data["engines"] = self.engines.to_json()
+        return data
 
     async def _plan_with_inventory(self, config: Config) -> None:
         """Give the scheduler the GPUs and every model's need (estimates read files: a thread)."""
         devices = self.inventory.devices()
         needs = await asyncio.to_thread(needs_of, config, devices, self.measured)
+        if config.engines:
+            needs = on_engines(config, needs)
         self._apply(self.scheduler.set_inventory(devices, needs))
         if config.router == "fit" and not devices and any(n.uses_gpu for n in needs.values()):
             logger.bind(reason=self.inventory.report.reason or "-").warning(

@@ -67,11 +67,17 @@ def format_bytes(value: int | None) -> str:
 
 def models_to_evict(target: str, loaded: Iterable[str], rules: GroupLookup) -> set[str]:
     """The models in ``loaded`` that must stop before ``target`` may start (llama-swap's
-    groups; models in no group share a swap + exclusive group)."""
+    groups; models in no group share a swap + exclusive group; on one engine: a model
+    pinned to another engine is not evicted)."""
     target_group, flags = rules.group_of(target)
+    # Groups share one machine's memory: models pinned to other engines are not evicted.
+    engine_of = getattr(rules, "engine_of", lambda model_id: None)
+    target_engine = engine_of(target)
     evict: set[str] = set()
     for model_id in loaded:
         if model_id == target:
+            continue
+        if target_engine is not None and engine_of(model_id) not in (None, target_engine):
             continue
         group, other_flags = rules.group_of(model_id)
         if group == target_group:
@@ -119,6 +125,8 @@ class Need:
     pinned: tuple[str, ...] = ()
     #: Every GPU (``gpus: all``).
     every: bool = False
+    #: The engine it is pinned to (``engine:``); "": any (the GPUs of one engine).
+    engine: str = ""
 
     @property
     def uses_gpu(self) -> bool:
@@ -226,6 +234,7 @@ class Policy(Protocol):
 def config_placement(need: Need, devices: Sequence[Device]) -> Placement | None:
     """Where the config puts a model (``gpus``: a list, a count of the first GPUs, or every
     GPU), memory unchecked; None when the GPUs are unknown or it uses none."""
+    devices = _one_engine(need, devices)
     if not need.uses_gpu or not devices:
         return None
     if need.pinned:
@@ -234,7 +243,16 @@ def config_placement(need: Need, devices: Sequence[Device]) -> Placement | None:
         chosen = tuple(d.id for d in devices)
     else:
         chosen = tuple(d.id for d in devices[:need.count])
-    return Placement(chosen, need.per_device(len(chosen)))
+    return Placement(chosen, need.per_device(len(chosen)), devices[0].engine)
+
+
+def _one_engine(need: Need, devices: Sequence[Device]) -> Sequence[Device]:
+    """The GPUs a model the config places may use: its engine's, else the first engine's
+    (a model's GPUs are on one machine)."""
+    if not devices:
+        return devices
+    engine = need.engine or devices[0].engine
+    return [d for d in devices if d.engine == engine]
 
 
 class GroupPolicy:
@@ -357,9 +375,22 @@ class FitPolicy:
     def _device_sets(need: Need, devices: Sequence[Device]
                      ) -> tuple[list[tuple[str, ...]], str]:
         """The GPU sets the model may go on, and why there are none."""
+        if need.engine:
+            devices = [d for d in devices if d.engine == need.engine]
         ids = [d.id for d in devices]
         if not ids:
             return [], "no GPU in the inventory (declare docker.gpus, or check GET /api/hardware)"
+        engines = {d.id: d.engine for d in devices}
+        if len(set(engines.values())) > 1 and not need.pinned:
+            # A model's GPUs are on one machine: the sets of each engine, in order.
+            sets: list[tuple[str, ...]] = []
+            reasons = []
+            for engine in dict.fromkeys(engines.values()):
+                found, reason = FitPolicy._device_sets(
+                    need, [d for d in devices if d.engine == engine])
+                sets += found
+                reasons.append(reason)
+            return sets, "" if sets else "; ".join(r for r in reasons if r)
         if need.pinned:
             missing = [gpu for gpu in need.pinned if gpu not in ids]
             if missing:

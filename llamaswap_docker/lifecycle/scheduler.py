@@ -223,6 +223,11 @@ class _Groups:
             self._seen[model_id] = found
         return found
 
+    def engine_of(self, model_id: str) -> str | None:
+        """The engine the model is pinned to (None: any, or rules without engines)."""
+        engine_of = getattr(self._rules, "engine_of", None)
+        return engine_of(model_id) if engine_of is not None else None
+
     def effective_ttl(self, model_id: str) -> int:
         return self._rules.effective_ttl(model_id)
 

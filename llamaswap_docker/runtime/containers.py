@@ -82,6 +82,9 @@ class ContainerRef:
     #: The GPUs placement put it on (its labels), and the bytes it holds on each if known.
     devices: tuple[str, ...] | None = None
     vram: int | None = None
+    #: The engine it runs on (a name under ``engines:``; "" for the one engine of a config
+    #: without them).
+    engine: str = ""
 
     @property
     def authorization(self) -> str | None:
@@ -158,11 +161,21 @@ def _slug(text: str) -> str:
 class Containers:
     """The model containers of one proxy instance."""
 
-    def __init__(self, engine: Engine, instance: str, network: str, routing: Routing) -> None:
+    def __init__(self, engine: Engine, instance: str, network: str, routing: Routing,
+                 engine_name: str = "", address: str | None = None,
+                 bind: str | None = None) -> None:
         self.engine = engine
         self.instance = instance
         self.network = network
         self.routing = routing
+        #: The engine's name (``engines:``), recorded in every ``ContainerRef``.
+        self.engine_name = engine_name
+        #: Where the proxy reaches ports published on the engine, and the host address they
+        #: are published on (a remote engine: its LAN address, and every interface).
+        self.address = address or "127.0.0.1"
+        if ":" in self.address and not self.address.startswith("["):
+            self.address = f"[{self.address}]"  # an IPv6 address, as a URL writes it
+        self.bind = bind or ("0.0.0.0" if address else "127.0.0.1")
         self._cdi_logged = False
 
     # -- network -----------------------------------------------------------------------------
@@ -253,7 +266,7 @@ class Containers:
         kwargs["name"] = name
         kwargs["network"] = self.network
         if self.routing == "host":
-            kwargs["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", None)}
+            kwargs["ports"] = {f"{spec.port}/tcp": (self.bind, None)}
         # The network can vanish under a running proxy (another stack's `down`): bring it back
         # rather than fail every start until a restart. (Checked before, not after a failure:
         # a container created on a network that is gone fails only when started.)
@@ -394,6 +407,7 @@ class Containers:
             upstream_key=_upstream_key(attrs, container_labels.get(labels.KEY_ENV)),
             devices=_devices(container_labels),
             vram=_int_label(container_labels, labels.VRAM),
+            engine=self.engine_name,
         )
 
     @staticmethod
@@ -409,7 +423,7 @@ class Containers:
         bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp")
         for binding in bindings or []:
             if binding.get("HostPort"):
-                return f"http://127.0.0.1:{binding['HostPort']}"
+                return f"http://{self.address}:{binding['HostPort']}"
         return None
 
     # -- logs --------------------------------------------------------------------------------

@@ -11,17 +11,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
+import docker.constants
 import docker.errors
+import docker.tls
 import requests.exceptions
 
 from llamaswap_docker.errors import EngineError, EngineUnreachable, ImageNotFound
 
-__all__ = ["Engine", "translate_errors", "running_in_container"]
+__all__ = ["Engine", "close_stream", "translate_errors", "running_in_container"]
 
 T = TypeVar("T")
 
@@ -75,6 +78,26 @@ def translate_errors(action: str) -> Iterator[None]:
         raise EngineError(f"{action}: {exc}") from exc
 
 
+def close_stream(stream: Any) -> None:
+    """Close an engine stream (events, logs, stats) from any thread, unblocking its reader.
+
+    docker-py shuts the stream's socket down, except on an ``ssh://`` engine, whose stream
+    has no socket to shut (docker-py fails there): its ssh channel is closed instead.
+    """
+    try:
+        stream.close()
+        return
+    except Exception:  # noqa: BLE001 - an ssh:// stream: closed below
+        pass
+    response = getattr(stream, "_response", None)
+    fp = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    channel = getattr(fp, "channel", None)  # docker-py's SSHSocket, or paramiko's channel
+    if channel is not None:
+        channel.close()
+    elif response is not None:
+        response.close()
+
+
 def running_in_container() -> bool:
     """Whether this process itself runs inside a container (Docker or Podman)."""
     return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
@@ -87,8 +110,12 @@ class Engine:
         self.client = client
 
     @classmethod
-    def from_settings(cls, host: str | None = None, timeout: int = 60) -> "Engine":
+    def from_settings(cls, host: str | None = None, timeout: int = 60,
+                      tls: tuple[str, str, str] | None = None) -> "Engine":
         """Connect to ``host`` (an engine URL) or, when None, to DOCKER_HOST / the local socket.
+
+        ``tls`` is (CA, client certificate, client key) for a ``tcp://`` engine. An
+        ``ssh://`` engine is reached with the ``ssh`` command (its config, keys and agent).
 
         Raises:
             EngineUnreachable: no engine answers there.
@@ -96,11 +123,42 @@ class Engine:
         target = host or os.environ.get("DOCKER_HOST") or "the local socket"
         with translate_errors(f"connecting to Docker at {target}"):
             if host:
-                client = docker.DockerClient(base_url=host, timeout=timeout)
+                options: dict[str, Any] = {}
+                if tls is not None:
+                    ca, cert, key = tls
+                    options["tls"] = docker.tls.TLSConfig(client_cert=(cert, key), ca_cert=ca,
+                                                          verify=True)
+                if host.startswith("ssh://"):
+                    # The ssh command, as the docker CLI (your ssh config, keys, agent); where
+                    # there is none (the proxy's image), paramiko with ~/.ssh's keys.
+                    options["use_ssh_client"] = shutil.which("ssh") is not None
+                if tls is None:
+                    client = docker.DockerClient(base_url=host, timeout=timeout, **options)
+                else:
+                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the session's
+                    # CA: the engine's own CA must be the one its certificate is checked with,
+                    # from the first call (the API version docker-py asks for) on.
+                    client = docker.DockerClient(
+                        base_url=host, timeout=timeout,
+                        version=docker.constants.MINIMUM_DOCKER_API_VERSION, **options)
+                    client.api.trust_env = False
+                    client.api._version = client.api._retrieve_server_version()
             else:
                 client = docker.from_env(timeout=timeout)
             client.ping()
         return cls(client)
+
+    def ping(self, timeout: float) -> None:
+        """Ask the engine whether it answers, within ``timeout`` seconds (not the client's
+        60 s): how an engine that went away is noticed.
+
+        Raises:
+            EngineUnreachable, EngineError: it does not answer.
+        """
+        api = self.client.api
+        with translate_errors("pinging the engine"):
+            response = api._get(api._url("/_ping"), timeout=timeout)
+            api._raise_for_status(response)
 
     def run_sync(self, action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking docker-py call, translating its errors (call it in a worker thread:

@@ -18,7 +18,7 @@ from typing import Any
 from loguru import logger
 
 from llamaswap_docker.runtime import labels
-from llamaswap_docker.runtime.engine import Engine
+from llamaswap_docker.runtime.engine import Engine, close_stream
 
 __all__ = ["ContainerEvent", "EventWatcher"]
 
@@ -87,7 +87,7 @@ class EventWatcher:
         with self._lock:
             stream = self._stream
         if stream is not None:
-            stream.close()
+            close_stream(stream)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.should_exit = True
@@ -144,7 +144,7 @@ class EventWatcher:
                     self._stream = None
                 if stream is not None:
                     try:
-                        stream.close()
+                        close_stream(stream)
                     except Exception:  # noqa: BLE001 - already broken
                         pass
             if not self.should_exit:

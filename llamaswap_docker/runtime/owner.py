@@ -74,13 +74,14 @@ class Owner:
         return f"a proxy listening on {self.listen or '?'} ({where} on {self.host}, since {self.started})"
 
 
-def claim_instance(engine: Engine, instance: str, listen: str) -> Owner:
-    """Become the instance's owner, taking over from a dead one.
+def claim_instance(engine: Engine, instance: str, listen: str, me: Owner | None = None) -> Owner:
+    """Become the instance's owner, taking over from a dead one (``me``: as this owner, whose
+    record an engine that went away and came back may still hold).
 
     Raises:
         InstanceOwned: a live proxy (or one we cannot check) owns it.
     """
-    me = Owner.current(listen)
+    me = me or Owner.current(listen)
     name = _record_name(instance)
     volumes = engine.client.volumes
     for _ in range(3):
@@ -89,7 +90,9 @@ def claim_instance(engine: Engine, instance: str, listen: str) -> Owner:
         owner = Owner.from_labels(volume.attrs.get("Labels") or {})
         if owner.token == me.token:
             return me
-        alive = _alive(engine, owner, me)
+        # A record without an owner: an engine restarted with --live-restore may hand its
+        # volumes back without their labels. Nobody can be checked there: take it over.
+        alive = _alive(engine, owner, me) if owner.token else False
         if alive is not False:
             how = "" if alive else (
                 f" (it cannot be checked from here; if it is gone, `docker volume rm {name}`)")

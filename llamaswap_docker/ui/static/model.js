@@ -45,6 +45,7 @@ function renderHeader() {
   dl($("#model-placement"), [
     ["State", m.state], ["Uptime", seconds(m.uptime_s)], ["TTL left", m.ttl ? seconds(m.ttl_left_s) : "never"],
     ["In flight", m.in_flight], ["Waiting", m.waiting],
+    ["Engine", m.engine || "–"],
     ["GPUs", (m.gpus || []).join(", ") || "none"],
     ["GPU memory need", m.need_bytes ? `${bytes(m.need_bytes)} (${m.need_source})` : m.need_source || "–"],
     ["Failure", m.failure ? el("span", { class: "failure" }, m.failure) : "–"],
