@@ -43,6 +43,7 @@ from llamaswap_docker.api.logs import (
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
 from llamaswap_docker.api.readings import container_reading
 from llamaswap_docker.api.state import AppState, app_state
+from llamaswap_docker.config.masking import mask_secrets
 
 __all__ = ["router"]
 
@@ -265,7 +266,6 @@ async def model_details(request: Request, model: str) -> JSONResponse:
     it was started and how long loads took, how its last container ended and what it wrote
     last, and its config as the proxy resolved it, secrets masked."""
     # Imported here: the masking lives with `config show` (the CLI imports the app).
-    from llamaswap_docker.cli.config import mask_secrets
 
     state = app_state(request)
     model_id = state.manager.resolve(model)

@@ -4,9 +4,10 @@
 that holds what a request found and took):
 
     read_and_route   read the body (bounded), find the model or peer it names
-    admit            a lease on the model: at once when it is ready, else wait for it to start
-    send_to_model    the request to the lease's container (a peer's model: ``send_to_peer``,
-                     no lease: nothing to start or swap)
+    admit            a lease on the model if it is ready now; else ``wait_for_model`` (to start,
+                     or to be swapped in), with loading progress on a stream that asks for it
+    send_to_model    the request to the lease's container; ``unanswered`` when no response
+                     comes (a peer's model: ``send_to_peer``, no lease: nothing to start)
     relay            the answer back, whole when small, else chunk by chunk as it arrives
     end              give back everything taken, then record the request (one activity row)
 

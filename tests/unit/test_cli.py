@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from llamaswap_docker import __version__
 from llamaswap_docker.cli import app
 from llamaswap_docker.cli.client import ProxyUnreachable, _error_message
-from llamaswap_docker.cli.config import MASK, mask_secrets
+from llamaswap_docker.config.masking import MASK, mask_secrets
 from llamaswap_docker.runtime import PullProgress
 
 REPO = Path(__file__).resolve().parents[2]

@@ -402,10 +402,10 @@ def test_the_rest_of_docker_runs_flags(tmp_path: Path) -> None:
     assert "--network host dropped" in report(result, "host-network").notes[0]
 
 
-def test_the_readme_import_example_is_what_the_import_does(
+def test_the_documented_import_example_is_what_the_import_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("### `config import`", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "llama-swap.md").read_text()
+    block = page.split("## `config import`", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     source = block.split("$ cat llama-swap.yaml\n", 1)[1].split("$ llamaswap-docker", 1)[0]
     report_lines = block.split("-o config.yaml\n", 1)[1].split("$ cat config.yaml", 1)[0]
     expected = block.split("# (the two header comment lines left out)\n", 1)[1]

@@ -45,7 +45,7 @@ TOP_KEYS = {
     "logTimeFormat: rfc3339": ("logTimeFormat", "one fixed time format"),
     "logRequests: true": ("logRequests", "GET /api/metrics/activity"),
     "ui: {activity: {session_id: [X-Session-ID]}}": ("ui", "no settings"),
-    "performance: {disabled: false, every: 15s}": ("performance", "docker stats"),
+    "performance: {disabled: false, every: 15s}": ("performance", "GET /api/performance"),
     "host: 0.0.0.0": ("host", "serve --listen HOST:PORT"),
     "port: 8080": ("port", "serve --listen HOST:PORT"),
     "listen: ':8080'": ("listen", "serve --listen HOST:PORT"),
