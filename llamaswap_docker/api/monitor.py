@@ -78,6 +78,8 @@ class Monitor:
         #: The event loop the task runs on (set by ``start``).
         self.loop: asyncio.AbstractEventLoop | None = None
         self._open: dict[str, Segment] = {}
+        #: How many of each runtime's state changes are in the timeline already.
+        self._seen: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._lag_max = self._lag_sum = 0.0
         self._lag_count = 0
@@ -126,38 +128,28 @@ class Monitor:
         self._lag_count += 1
 
     def observe_states(self, wall: float, mono: float) -> None:
-        """Close and open timeline segments where a model's state changed."""
+        """Close and open timeline segments at each state change the runtimes remember
+        since the last look (each with its own time: a ready spell between two looks counts)."""
         for model_id, runtime in list(self.manager.models.items()):
-            state = runtime.state
-            current = self._open.get(model_id)
-            if current is not None and current.state == state.value:
+            seen = self._seen.get(model_id, 0)
+            fresh = runtime.transitions_total - seen
+            if not fresh:
                 continue
-            since = wall
-            # The runtime knows when it became ready or fell asleep, to the instant.
-            exact = (runtime.ready_since if state is ModelState.READY else
-                     runtime.asleep_since if state is ModelState.ASLEEP else None)
-            if exact is not None:
-                since = min(wall, wall - (mono - exact))
-            if current is not None:
-                ready = runtime.ready_since
-                if (ready is not None and state is not ModelState.READY
-                        and current.state != ModelState.READY.value):
-                    # Ready came and went between two looks (a short use before a swap):
-                    # the runtime still says when it became ready.
-                    ready_at = wall - (mono - ready)
-                    if current.start < ready_at < since:
-                        current.end = ready_at
-                        self.segments.append(current)
-                        current = Segment(model_id, ModelState.READY.value, ready_at)
-                current.end = max(current.start, since)
-                self.segments.append(current)
-                del self._open[model_id]
-            if state is not ModelState.STOPPED:
-                self._open[model_id] = Segment(model_id, state.value, since)
+            self._seen[model_id] = runtime.transitions_total
+            for at, state in list(runtime.transitions)[-fresh:]:
+                self._change(model_id, state.value, min(wall, wall - (mono - at)))
         for model_id in [m for m in self._open if m not in self.manager.models]:  # reloaded away
             segment = self._open.pop(model_id)
             segment.end = wall
             self.segments.append(segment)
+
+    def _change(self, model_id: str, state: str, since: float) -> None:
+        current = self._open.pop(model_id, None)
+        if current is not None:
+            current.end = max(current.start, since)
+            self.segments.append(current)
+        if state != ModelState.STOPPED.value:
+            self._open[model_id] = Segment(model_id, state, since)
 
     def sample(self, wall: float, mono: float, cpu_s: float) -> None:
         """Keep one sample of the proxy process and the host; note new model loads."""

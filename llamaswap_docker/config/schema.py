@@ -1241,9 +1241,9 @@ class Config(_Schema):
         "logRequests": "ignored: every request is recorded as an activity row "
         "(GET /api/metrics/activity, the UI's Activity tab)",
         "ui": "ignored: the web UI at /ui has no settings",
-        "performance": "ignored: the proxy samples itself and the host while the web UI's "
-        "Overview is open (GET /api/performance), and each model container's CPU, memory and "
-        "network while its page is open",
+        "performance": "ignored: the proxy samples itself and the host every second "
+        "(GET /api/performance, the web UI's Overview), and each model container's CPU, memory "
+        "and network while its page in the UI is open",
         "host": "ignored: the proxy's address is set with `serve --listen HOST:PORT` "
         "(or LLAMASWAP_LISTEN)",
         "port": "ignored: the proxy's address is set with `serve --listen HOST:PORT` "

@@ -157,12 +157,16 @@ class EngineSet:
         with self._lock:
             slot.attempt += 1
             mine = slot.attempt
+            # One owner (one token) on every engine, made before the first claim: engines are
+            # claimed side by side, and a reconnect must find its own record as its own.
+            if self._me is None:
+                self._me = Owner.current(self.listen)
+            me = self._me
         tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
         engine = Engine.from_settings(settings.host, tls=tls)
         try:
             docker = self.config.docker
-            owner = claim_instance(engine, docker.instance, self.listen, self._me)
-            self._me = owner
+            owner = claim_instance(engine, docker.instance, self.listen, me)
             routing = resolve_routing(docker.routing, engine)
             containers = Containers(engine, docker.instance, docker.network, routing,
                                     slot.name, settings.address, settings.bind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +29,21 @@ class ModelState(str, enum.Enum):
     FAILED = "failed"
 
 
+#: State changes a runtime remembers (a timeline reader takes them well before this many).
+TRANSITIONS_KEPT = 64
+
+
 @dataclass
 class ModelRuntime:
-    """The mutable state of one configured model, owned by the ``ModelManager``."""
+    """The mutable state of one configured model, owned by the ``ModelManager``.
+
+    Every change of ``state`` is remembered with its time in ``transitions`` (the last
+    ``TRANSITIONS_KEPT``; ``transitions_total`` counts them all), so a timeline is exact
+    however briefly a state lasted. State changes are rare; requests only read it.
+    """
 
     model_id: str
-    state: ModelState = ModelState.STOPPED
+    _state: ModelState = ModelState.STOPPED
     container: ContainerRef | None = None
     in_flight: int = 0
     #: Set while a swap or unload waits for in-flight requests to finish: admit no new ones.
@@ -42,6 +52,21 @@ class ModelRuntime:
     ready_since: float | None = None
     asleep_since: float | None = None
     failure: str | None = None
+    #: (monotonic time, new state) of the latest changes.
+    transitions: deque[tuple[float, ModelState]] = field(
+        default_factory=lambda: deque(maxlen=TRANSITIONS_KEPT), repr=False)
+    transitions_total: int = 0
+
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @state.setter
+    def state(self, value: ModelState) -> None:
+        if value is not self._state:
+            self._state = value
+            self.transitions.append((time.monotonic(), value))
+            self.transitions_total += 1
 
 
 class Lease:

@@ -102,7 +102,6 @@ def test_models_on_two_engines_and_one_goes_away_and_comes_back(
     failed_after = time.monotonic() - stopped_at
     print(f"\nengine stop took {stopped_at - gone_at:.2f}s; its model failed "
           f"{failed_after:.2f}s after the engine was down")
-    assert failed_after < 10
     reader.join(DEADLINE_S)
     assert not reader.is_alive()
     # In-band: the engine's port forwarder went with it (the connection closed), or the
@@ -123,7 +122,6 @@ def test_models_on_two_engines_and_one_goes_away_and_comes_back(
     print(f"engine start took {engine_up - back_at:.2f}s; its model was adopted and answered "
           f"{answered_after:.2f}s after the engine answered")
     assert _running(url)["there"]["container_id"] == there_id  # adopted, not started again
-    assert answered_after < 15
     second.close()
 
 
@@ -281,7 +279,6 @@ def test_an_engine_that_stops_answering_cuts_its_streams_and_is_adopted_when_it_
         _poll("the frozen engine's model to fail", lambda: _state(url, "there") == "failed")
         failed_after = time.monotonic() - frozen_at
         print(f"\nfrozen engine: its model failed {failed_after:.2f}s after it stopped answering")
-        assert failed_after < 20
         reader.join(DEADLINE_S)
         assert not reader.is_alive()
         assert any("request cut" in line and "box2" in line for line in streamed), streamed[-3:]

@@ -153,15 +153,21 @@ def _monitor(*model_ids: str) -> tuple[Monitor, dict[str, ModelRuntime], Metrics
     return Monitor(SimpleNamespace(models=runtimes), metrics), runtimes, metrics  # type: ignore[arg-type]
 
 
-def test_the_timeline_has_a_segment_per_state_and_ready_starts_when_the_model_became_ready() -> None:
+def _change(runtime: ModelRuntime, state: ModelState, at: float) -> None:
+    """``runtime.state = state`` as if it happened at monotonic time ``at``."""
+    runtime.state = state
+    runtime.transitions[-1] = (at, state)
+
+
+def test_the_timeline_has_a_segment_per_state_starting_when_the_state_began() -> None:
     monitor, runtimes, _ = _monitor("a", "b")
     wall, mono = 1000.0, 50.0
-    runtimes["a"].state = ModelState.STARTING
+    _change(runtimes["a"], ModelState.STARTING, mono)
     monitor.observe_states(wall, mono)
-    runtimes["a"].state, runtimes["a"].ready_since = ModelState.READY, mono + 1.5
+    _change(runtimes["a"], ModelState.READY, mono + 1.5)
     monitor.observe_states(wall + 2, mono + 2)  # seen half a second after it happened
-    runtimes["a"].state, runtimes["a"].ready_since = ModelState.STOPPED, None
-    runtimes["b"].state = ModelState.FAILED
+    _change(runtimes["a"], ModelState.STOPPED, mono + 10)
+    _change(runtimes["b"], ModelState.FAILED, mono + 10)
     monitor.observe_states(wall + 10, mono + 10)
     segments = monitor.timeline()
     assert [(s["model"], s["state"], s["start"], s["end"]) for s in segments] == [
@@ -169,21 +175,23 @@ def test_the_timeline_has_a_segment_per_state_and_ready_starts_when_the_model_be
     assert [s["state"] for s in monitor.timeline(after=1005.0)] == ["ready", "failed"]
 
 
-def test_a_ready_spell_shorter_than_a_look_is_still_on_the_timeline() -> None:
+def test_states_shorter_than_a_look_are_all_on_the_timeline() -> None:
     monitor, runtimes, _ = _monitor("a")
-    runtimes["a"].state = ModelState.STARTING
+    _change(runtimes["a"], ModelState.STARTING, 10.0)
     monitor.observe_states(100.0, 10.0)
-    # Ready at 10.1, then evicted (stopping) before the next look at 10.25.
-    runtimes["a"].state, runtimes["a"].ready_since = ModelState.STOPPING, 10.1
+    # Ready at 10.1, evicted at 10.2, stopped at 10.22: all before the next look at 10.25.
+    _change(runtimes["a"], ModelState.READY, 10.1)
+    _change(runtimes["a"], ModelState.STOPPING, 10.2)
+    _change(runtimes["a"], ModelState.STOPPED, 10.22)
     monitor.observe_states(100.25, 10.25)
     assert [(s["state"], s["start"], s["end"]) for s in monitor.timeline()] == [
-        ("starting", 100.0, pytest.approx(100.1)), ("ready", pytest.approx(100.1), 100.25),
-        ("stopping", 100.25, None)]
+        ("starting", 100.0, pytest.approx(100.1)), ("ready", pytest.approx(100.1), pytest.approx(100.2)),
+        ("stopping", pytest.approx(100.2), pytest.approx(100.22))]
 
 
 def test_a_model_reloaded_away_closes_its_segment() -> None:
     monitor, runtimes, _ = _monitor("a")
-    runtimes["a"].state = ModelState.READY
+    _change(runtimes["a"], ModelState.READY, 1.0)
     monitor.observe_states(10.0, 1.0)
     del runtimes["a"]
     monitor.observe_states(20.0, 11.0)
