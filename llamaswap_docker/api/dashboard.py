@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from loguru import logger
 from starlette.responses import JSONResponse, Response
@@ -38,12 +37,14 @@ from llamaswap_docker.api.logs import (
     SHUTDOWN_POLL_S,
     STREAM_HEADERS,
     ClosingStreamingResponse,
+    close_engine_stream,
     queued,
 )
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
 from llamaswap_docker.api.readings import container_reading
 from llamaswap_docker.api.state import AppState, app_state
 from llamaswap_docker.config.masking import mask_secrets
+from llamaswap_docker.proxy.sse import typed_event
 
 __all__ = ["router"]
 
@@ -208,7 +209,7 @@ async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, 
                 logger.bind(model=model_id).debug("container stats stream ended early: again")
                 current = containers.follow_stats(container_id)
                 if closed.is_set():  # closed while reopening: the closer saw the old stream
-                    _close(current, model_id)
+                    close_engine_stream(current, model_id, "stats")
         except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
             logger.bind(model=model_id).debug("container stats stream ended: {}", exc)
         finally:
@@ -236,27 +237,17 @@ async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, 
                     continue
                 quiet = 0.0
                 if item is end:
-                    yield _sse("end", {"model": model_id, "container": container_name})
+                    yield typed_event("end", {"model": model_id, "container": container_name})
                     return
-                yield _sse("stats", {"model": model_id, "container": container_name, **item})
+                yield typed_event("stats", {"model": model_id, "container": container_name, **item})
     finally:
         # The client left, the container stopped or the proxy is shutting down: shutting the
         # socket down unblocks the reader thread at once.
         closed.set()
-        _close(current, model_id)
+        close_engine_stream(current, model_id, "stats")
 
 
-def _close(stream: Iterator[Any], model_id: str) -> None:
-    close = getattr(stream, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
-            logger.bind(model=model_id).debug("closing a container stats stream: {}", exc)
 
-
-def _sse(kind: str, data: Any) -> bytes:
-    return b"data: " + orjson.dumps({"type": kind, "data": data}) + b"\n\n"
 
 
 @router.get("/api/models/{model:path}",
@@ -265,8 +256,6 @@ async def model_details(request: Request, model: str) -> JSONResponse:
     """One model (id or alias) for its page: ``/running``'s fields, its container, how often
     it was started and how long loads took, how its last container ended and what it wrote
     last, and its config as the proxy resolved it, secrets masked."""
-    # Imported here: the masking lives with `config show` (the CLI imports the app).
-
     state = app_state(request)
     model_id = state.manager.resolve(model)
     config = state.config.models[model_id]

@@ -264,7 +264,7 @@ async def _follow(containers: Any, container_id: str, stream: Iterator[bytes],
                 logger.bind(model=model_id).debug("container log stream ended early: following again")
                 current = containers.follow_logs(container_id, -1, since=ended_at)
                 if closed.is_set():  # closed while reopening: the closer saw the old stream
-                    _close(current, model_id)
+                    close_engine_stream(current, model_id)
         except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
             logger.bind(model=model_id).debug("container log stream ended: {}", exc)
         finally:
@@ -283,7 +283,7 @@ async def _follow(containers: Any, container_id: str, stream: Iterator[bytes],
         # The client left (or the container stopped): shutting the socket down unblocks the
         # reader thread at once (no await here: this may run while being cancelled).
         closed.set()
-        _close(current, model_id)
+        close_engine_stream(current, model_id)
 
 
 def _still_running(containers: Any, container_id: str) -> bool:
@@ -291,10 +291,11 @@ def _still_running(containers: Any, container_id: str) -> bool:
     return state is not None and state.running
 
 
-def _close(stream: Iterator[bytes], model_id: str) -> None:
+def close_engine_stream(stream: Iterator[Any], model_id: str, what: str = "log") -> None:
+    """End an engine stream (logs, stats) from any thread: its reader unblocks at once."""
     close = getattr(stream, "close", None)
     if close is not None:
         try:
             close_stream(stream)
         except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
-            logger.bind(model=model_id).debug("closing a container log stream: {}", exc)
+            logger.bind(model=model_id).debug("closing a container {} stream: {}", what, exc)

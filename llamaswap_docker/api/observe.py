@@ -21,7 +21,6 @@ from datetime import datetime
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
@@ -38,7 +37,7 @@ from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 from llamaswap_docker.observe.activity import SORT_KEYS, ActivityQuery
 from llamaswap_docker.observe.prometheus import CONTENT_TYPE
-from llamaswap_docker.proxy.sse import sse_event
+from llamaswap_docker.proxy.sse import typed_event
 
 __all__ = ["router"]
 
@@ -247,8 +246,8 @@ async def events(request: Request) -> Response:
                     (kind, data), quiet = event, 0.0
                     if subscription.dropped:
                         dropped, subscription.dropped = subscription.dropped, 0
-                        yield _sse("dropped", {"count": dropped})
-                    yield _sse(kind, data)
+                        yield typed_event("dropped", {"count": dropped})
+                    yield typed_event(kind, data)
         finally:
             log_buffer.unsubscribe(on_log)
             subscription.close()
@@ -256,6 +255,3 @@ async def events(request: Request) -> Response:
     return ClosingStreamingResponse(stream(), media_type="text/event-stream",
                                     headers=STREAM_HEADERS)
 
-
-def _sse(kind: str, data: Any) -> bytes:
-    return sse_event(orjson.dumps({"type": kind, "data": data}))

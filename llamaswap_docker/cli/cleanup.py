@@ -83,9 +83,7 @@ def cleanup(
     loaded = load_config(config) if config is not None else None
     docker_settings = loaded.docker if loaded else DockerSettings()  # the config's defaults
     instance = instance or docker_settings.instance
-    # The config's grace: llama-swap's unloadTimeout when it is set, else docker.stopTimeout.
-    stop_timeout = (loaded.unload_timeout if loaded and loaded.unload_timeout is not None
-                    else docker_settings.stop_timeout)
+    stop_timeout = loaded.default_stop_timeout if loaded else docker_settings.stop_timeout
     network = docker_settings.network
     engine, name = _engine(loaded, engine_name, docker_host)
     try:

@@ -1729,10 +1729,16 @@ class Config(_Schema):
         ``unloadTimeout``, else ``docker.stopTimeout``.
         """
         model = self.models[self._id(model_id)]
-        for value in (model.stop_timeout, model.unload_timeout, self.unload_timeout):
+        for value in (model.stop_timeout, model.unload_timeout):
             if value is not None:
                 return value
-        return self.docker.stop_timeout
+        return self.default_stop_timeout
+
+    @property
+    def default_stop_timeout(self) -> int:
+        """The grace of a container no model's own setting covers: the global
+        ``unloadTimeout``, else ``docker.stopTimeout``."""
+        return self.docker.stop_timeout if self.unload_timeout is None else self.unload_timeout
 
     def health_timeout(self, model_id: str) -> int:
         """Seconds the model may take to pass its health check (or to wake up)."""

@@ -84,6 +84,13 @@ class ContainerDriver:
             return self.containers
         return self.engines.containers(engine)
 
+    def all_up(self) -> list[Containers]:
+        """The containers of every engine that answers (the one engine without ``engines:``)."""
+        if self.engines is None:
+            assert self.containers is not None
+            return [self.containers]
+        return [slot.containers for slot in self.engines.up() if slot.containers is not None]
+
     async def call(self, what: str, function: Callable[..., T], *args: Any,
                    timeout: float = ENGINE_CALL_TIMEOUT_S) -> T:
         """Run a blocking runtime call in a thread, bounded by ``timeout`` seconds.
@@ -189,8 +196,8 @@ class ContainerDriver:
     async def stop(self, ref: ContainerRef, config: Config, reason: str) -> LastOutput:
         """Stop and remove the container; its last output is returned, for ``logs MODEL``."""
         # A model removed by a config reload no longer has its own stopTimeout/unloadTimeout.
-        timeout = config.stop_timeout(ref.model_id) if ref.model_id in config.models else (
-            config.docker.stop_timeout if config.unload_timeout is None else config.unload_timeout)
+        timeout = (config.stop_timeout(ref.model_id) if ref.model_id in config.models
+                   else config.default_stop_timeout)
         started = time.monotonic()
         if self.engines is not None and not self.engines.slot(ref.engine).up:
             # Nothing to ask a engine that is gone: when it is back, its leftovers are adopted

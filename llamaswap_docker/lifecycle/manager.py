@@ -145,8 +145,7 @@ class ModelManager:
         await self._plan_with_inventory(self.config)
         for model_id, model in self.config.models.items():
             spec = ContainerSpec.from_model(model_id, model)
-            for containers in ([self.containers] if self.engines is None else
-                               [s.containers for s in self.engines.up()][:1]):
+            for containers in self.driver.all_up()[:1]:
                 for warning in await asyncio.to_thread(containers.host_path_warnings, spec):
                     logger.bind(model=model_id).warning(warning)
         self._spawn(self._ttl_loop())
@@ -182,8 +181,7 @@ class ModelManager:
             logger.info("shutdown: keeping model containers for the next start to adopt")
             return
         owned = []
-        for containers in ([self.containers] if self.engines is None else
-                           [s.containers for s in self.engines.up()]):
+        for containers in self.driver.all_up():
             owned += await self.driver.call("listing containers", containers.list_owned)
         await asyncio.gather(*(self.effects.stop_ref(ref, "proxy shutdown") for ref in owned))
         for runtime in self.models.values():

@@ -33,9 +33,9 @@ from typing import IO, Any, Literal
 
 from loguru import logger
 
-from llamaswap_docker.errors import EngineError, ImageNotFound, ImagePullFailed, LlamaswapError
+from llamaswap_docker.errors import EngineError, ImagePullFailed, LlamaswapError
 from llamaswap_docker.runtime.engine import Engine, translate_errors
-from llamaswap_docker.runtime.images import PullProgress, pull_image
+from llamaswap_docker.runtime.images import PullProgress, image_labels, pull_image
 
 __all__ = [
     "INPUTS_LABEL",
@@ -204,21 +204,12 @@ def ensure_images(
 
 def _built_from(engine: Engine, tag: str) -> str | None:
     """The inputs hash ``tag`` was built from (None: no such image, or not built by us)."""
-    labels = _labels(engine, tag)
+    labels = image_labels(engine, tag)
     return None if labels is None else labels.get(INPUTS_LABEL)
 
 
 def _present(engine: Engine, tag: str) -> bool:
-    return _labels(engine, tag) is not None
-
-
-def _labels(engine: Engine, tag: str) -> dict[str, str] | None:
-    """The image's labels; None when the engine has no such image."""
-    try:
-        attrs = engine.run_sync(f"inspecting image {tag}", engine.client.api.inspect_image, tag)
-    except ImageNotFound:
-        return None
-    return (attrs.get("Config") or {}).get("Labels") or {}
+    return image_labels(engine, tag) is not None
 
 
 def _base(engine: Engine, recipe: Recipe, source: ImageSource,

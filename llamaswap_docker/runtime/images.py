@@ -25,6 +25,7 @@ __all__ = [
     "PullProgress",
     "PullTracker",
     "ensure_image",
+    "image_labels",
     "is_demo_image",
     "is_local_reference",
     "missing_image_hint",
@@ -167,6 +168,16 @@ def split_reference(image: str) -> tuple[str, str]:
         repository, tag = image.rsplit(":", 1)
         return repository, tag
     return image, "latest"
+
+
+def image_labels(engine: Engine, image: str) -> dict[str, str] | None:
+    """The image's labels; None when the engine has no such image."""
+    try:
+        attrs = engine.run_sync(f"inspecting image {image}", engine.client.api.inspect_image,
+                                image)
+    except ImageNotFound:
+        return None
+    return (attrs.get("Config") or {}).get("Labels") or {}
 
 
 def _image_present(engine: Engine, image: str) -> bool:

@@ -60,6 +60,23 @@ def _answers(url: str, model: str) -> bool:
         return False
 
 
+def _stream_in_thread(url: str, model: str) -> tuple[threading.Thread, list[str]]:
+    """A long stream read in a thread (every line kept), once it flows."""
+    streamed: list[str] = []
+
+    def stream() -> None:
+        body = {"model": model, "stream": True, "max_tokens": 100000,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                streamed.append(line)
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    _poll("the stream to flow", lambda: len(streamed) > 2)
+    return reader, streamed
+
+
 def test_models_on_two_engines_and_one_goes_away_and_comes_back(
         start_proxy: Callable[..., ProxyHandle], second_engine: SecondEngine,
         docker_client: docker.DockerClient, instance_name: str) -> None:
@@ -82,18 +99,7 @@ def test_models_on_two_engines_and_one_goes_away_and_comes_back(
     assert [(e["name"], e["up"]) for e in hardware["engines"]] == [("main", True), ("box2", True)]
 
     # A stream in flight on the second engine when it goes away gets an error event.
-    streamed: list[str] = []
-
-    def stream() -> None:
-        body = {"model": "there", "stream": True, "max_tokens": 100000,
-                "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
-            for line in r.iter_lines():
-                streamed.append(line)
-
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
-    _poll("the stream to flow", lambda: len(streamed) > 2)
+    reader, streamed = _stream_in_thread(url, "there")
 
     gone_at = time.monotonic()
     second_engine.stop()
@@ -261,18 +267,7 @@ def test_an_engine_that_stops_answering_cuts_its_streams_and_is_adopted_when_it_
     url = proxy.url
     assert chat(url, "there", max_tokens=2).status_code == 200
     there_id = _running(url)["there"]["container_id"]
-    streamed: list[str] = []
-
-    def stream() -> None:
-        body = {"model": "there", "stream": True, "max_tokens": 100000,
-                "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
-            for line in r.iter_lines():
-                streamed.append(line)
-
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
-    _poll("the stream to flow", lambda: len(streamed) > 2)
+    reader, streamed = _stream_in_thread(url, "there")
     second_engine.freeze()
     try:
         frozen_at = time.monotonic()
