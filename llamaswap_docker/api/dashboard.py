@@ -37,7 +37,6 @@ from llamaswap_docker.api.logs import (
     SHUTDOWN_POLL_S,
     STREAM_HEADERS,
     ClosingStreamingResponse,
-    close_engine_stream,
     queued,
 )
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
@@ -209,7 +208,7 @@ async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, 
                 logger.bind(model=model_id).debug("container stats stream ended early: again")
                 current = containers.follow_stats(container_id)
                 if closed.is_set():  # closed while reopening: the closer saw the old stream
-                    close_engine_stream(current, model_id, "stats")
+                    _close(current, model_id)
         except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
             logger.bind(model=model_id).debug("container stats stream ended: {}", exc)
         finally:
@@ -244,10 +243,22 @@ async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, 
         # The client left, the container stopped or the proxy is shutting down: shutting the
         # socket down unblocks the reader thread at once.
         closed.set()
-        close_engine_stream(current, model_id, "stats")
+        _close(current, model_id)
 
 
 
+
+
+
+def _close(stream: Iterator[Any], model_id: str) -> None:
+    # A plain close(), not logs' close_stream: with close_stream the stats reader failed a
+    # CI run once (not understood yet; see the closing note).
+    close = getattr(stream, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
+            logger.bind(model=model_id).debug("closing a container stats stream: {}", exc)
 
 
 @router.get("/api/models/{model:path}",
