@@ -73,23 +73,45 @@ function onEvent(event) {
   }
 }
 
+let eventsAbort = null;
+
 async function connectEvents() {
   const badge = $("#connection");
-  for (;;) {
+  const controller = new AbortController();
+  eventsAbort = controller;
+  while (!controller.signal.aborted) {
     try {
-      const response = await api("/api/events");
+      const response = await api("/api/events", { signal: controller.signal });
       if (!response.ok) throw new Error(await errorText(response));
       store.connected = true;
       badge.textContent = "live"; badge.classList.add("live");
       await readEvents(response, onEvent);
     } catch (error) {
+      if (error.name === "AbortError") break;
       badge.textContent = `disconnected: ${error.message}`;
     }
     store.connected = false;
     badge.classList.remove("live");
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    if (!controller.signal.aborted) await new Promise((resolve) => setTimeout(resolve, 2000));
   }
+  store.connected = false;
+  badge.classList.remove("live");
 }
+
+// Leaving the page (another URL, a closed tab, the back-forward cache) closes every stream it
+// holds at once: a browser may keep a page's fetches open while it sits in that cache, and
+// each open stream holds an engine stream on the proxy. Coming back opens them again.
+window.addEventListener("pagehide", () => {
+  if (current && VIEWS[current.name]) VIEWS[current.name].leave();
+  current = null;
+  if (eventsAbort) eventsAbort.abort();
+  eventsAbort = null;
+});
+window.addEventListener("pageshow", (event) => {
+  if (!event.persisted) return;
+  render();
+  connectEvents();
+});
 
 // Uptime and TTL tick between events; views redraw only their clocks.
 setInterval(() => {
