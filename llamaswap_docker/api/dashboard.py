@@ -32,12 +32,11 @@ from starlette.responses import JSONResponse, Response
 
 from llamaswap_docker.api.errors import error_response
 from llamaswap_docker.api.logs import (
-    IDLE,
-    REFOLLOW_INTERVAL_S,
     SHUTDOWN_POLL_S,
     STREAM_HEADERS,
     ClosingStreamingResponse,
-    queued,
+    EngineFollower,
+    Feed,
 )
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
 from llamaswap_docker.api.readings import container_reading
@@ -166,99 +165,46 @@ async def container_stats(request: Request, model: str) -> Response:
 async def _relay(containers: Any, container_id: str, stream: Iterator[dict[str, Any]],
                  model_id: str, container_name: str, monitor: Monitor,
                  stop: Callable[[], bool]) -> AsyncIterator[bytes]:
-    """Relay readings of an engine stats stream read in a daemon thread; leaving closes it.
-
-    The stream ends when the container stops. An engine that ends it while the container runs
-    on (a hiccup) is asked again, as a log follower does (``logs._follow``).
-    ``monitor.stats_streams`` counts the engine streams open: the reader thread takes its
-    count back only once the engine stream has ended (the thread was unblocked).
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    end: Any = object()
-    closed = threading.Event()
+    """Relay the readings of an engine stats stream (``logs.EngineFollower``); leaving closes
+    it. ``monitor.stats_streams`` counts the engine streams open: the reader thread gives its
+    count back only once the engine stream has ended (the thread was unblocked)."""
+    feed: Feed[dict[str, Any]] = Feed(asyncio.get_running_loop(), stop, STATS_QUEUE_LIMIT,
+                                      cost=lambda _: 1)
     counted = threading.Lock()
-    current = stream
+    log = logger.bind(model=model_id, container=container_name)
 
-    def offer(item: Any) -> None:
-        if item is end or queue.qsize() < STATS_QUEUE_LIMIT:
-            queue.put_nowait(item)
-
-    def push(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(offer, item)
-        except RuntimeError:  # the loop is closed: nobody reads any more
-            pass
-
-    def pump() -> None:
-        nonlocal current
-        try:
-            while not closed.is_set():
-                try:
-                    for raw in current:
-                        if closed.is_set():
-                            return
-                        push(container_reading(raw))
-                except Exception as exc:  # noqa: BLE001 - an engine hiccup: decided below
-                    logger.bind(model=model_id).debug("container stats stream broke: {}", exc)
-                state = None if closed.is_set() else containers.state(container_id)
-                # Throttled, so an engine that keeps ending the stream costs one call a second.
-                if state is None or not state.running or closed.wait(REFOLLOW_INTERVAL_S):
-                    return
-                logger.bind(model=model_id).debug("container stats stream ended early: again")
-                current = containers.follow_stats(container_id)
-                if closed.is_set():  # closed while reopening: the closer saw the old stream
-                    _close(current, model_id)
-        except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
-            logger.bind(model=model_id).debug("container stats stream ended: {}", exc)
-        finally:
-            with counted:
-                monitor.stats_streams -= 1
-            logger.bind(model=model_id, container=container_name).debug(
-                "container stats stream closed")
-            push(end)
+    def done() -> None:
+        with counted:
+            monitor.stats_streams -= 1
+        log.debug("container stats stream closed")
+        feed.end()
 
     with counted:
         monitor.stats_streams += 1
-    logger.bind(model=model_id, container=container_name).debug("container stats stream opened")
-    # A thread of its own, not the loop's executor: a page may stay open for days.
-    threading.Thread(target=pump, name=f"stats-{model_id}", daemon=True).start()
+    log.debug("container stats stream opened")
+    follower = EngineFollower(
+        containers, container_id, stream, model_id, "stats",
+        lambda raw: feed.push(container_reading(raw)), done,
+        lambda: containers.follow_stats(container_id))
     try:
         yield b": connected\n\n"
         quiet = 0.0
-        async with contextlib.aclosing(queued(queue, stop)) as items:
-            async for item in items:
-                if item is IDLE:
+        async with contextlib.aclosing(feed.batches()) as batches:
+            async for batch in batches:
+                if not batch:
                     quiet += SHUTDOWN_POLL_S
                     if quiet >= HEARTBEAT_S:
                         quiet = 0.0
                         yield b": ping\n\n"
                     continue
                 quiet = 0.0
-                if item is end:
-                    yield typed_event("end", {"model": model_id, "container": container_name})
-                    return
-                yield typed_event("stats", {"model": model_id, "container": container_name, **item})
+                yield b"".join(typed_event("stats", {"model": model_id,
+                                                     "container": container_name, **item})
+                               for item in batch)
+        if feed.ended:  # the container stopped (not the proxy shutting down)
+            yield typed_event("end", {"model": model_id, "container": container_name})
     finally:
-        # The client left, the container stopped or the proxy is shutting down: shutting the
-        # socket down unblocks the reader thread at once.
-        closed.set()
-        _close(current, model_id)
-
-
-
-
-
-
-def _close(stream: Iterator[Any], model_id: str) -> None:
-    # A plain close(), not logs' close_stream: with close_stream the stats reader failed a
-    # CI run once (not understood yet; see the closing note).
-    close = getattr(stream, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception as exc:  # noqa: BLE001 - the stream is being abandoned either way
-            logger.bind(model=model_id).debug("closing a container stats stream: {}", exc)
+        follower.close()  # the client left, the container stopped or the proxy stops
 
 
 @router.get("/api/models/{model:path}",

@@ -18,6 +18,7 @@ proxy begins to shut down, so a follower does not hold up the graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -34,10 +35,11 @@ from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 from llamaswap_docker.runtime.engine import close_stream
 
-__all__ = ["IDLE", "STREAM_HEADERS", "ClosingStreamingResponse", "queued", "router"]
+__all__ = ["IDLE", "STREAM_HEADERS", "ClosingStreamingResponse", "EngineFollower", "Feed", "queued",
+           "router"]
 
-#: Items a stream may hold for a slow reader before it drops lines.
-STREAM_QUEUE_LIMIT = 10_000
+#: Bytes a stream may hold for a slow reader before it drops lines.
+STREAM_QUEUE_BYTES = 8 * 1024 * 1024
 #: Seconds between checks, on a quiet stream, whether the proxy is shutting down.
 SHUTDOWN_POLL_S = 0.5
 #: Seconds before following a container's output again after the engine ended the stream.
@@ -51,48 +53,82 @@ T = TypeVar("T")
 router = APIRouter(tags=["logs"])
 
 
-class _Feed(Generic[T]):
+class Feed(Generic[T]):
     """Items pushed from any thread into the event loop, read by one async reader.
 
     ``push`` may be called from any thread, also after the loop closed (it is then a no-op);
-    ``end`` marks the end of the feed and is never dropped.
+    ``end`` marks the end of the feed and is never dropped. What waits for the reader is
+    bounded by ``limit``, counted by ``cost`` (bytes by default): past it, new items are
+    dropped (``dropped`` counts them) rather than held without bound. The reader takes every
+    item waiting at once (``batches``), so a burst costs it one write, not one per item.
     """
 
-    _END: Any = object()
-
     def __init__(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], bool],
-                 limit: int = STREAM_QUEUE_LIMIT) -> None:
+                 limit: int = STREAM_QUEUE_BYTES, cost: Callable[[T], int] = len) -> None:
         self._loop = loop
         self._stop = stop
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._items: collections.deque[T] = collections.deque()
+        self._held = 0
         self._limit = limit
+        self._cost = cost
+        self._wake = asyncio.Event()
+        self._ending = False
         self.dropped = 0
+        #: The feed was ended (``end()``), not stopped (``stop()``).
+        self.ended = False
 
     def push(self, item: T) -> None:
         self._call(self._put, item)
 
     def end(self) -> None:
-        self._call(self._queue.put_nowait, self._END)
+        self._call(self._end)
 
-    def _call(self, function: Any, item: Any) -> None:
+    def _call(self, function: Callable[..., None], *args: Any) -> None:
         try:
-            self._loop.call_soon_threadsafe(function, item)
+            self._loop.call_soon_threadsafe(function, *args)
         except RuntimeError:  # the loop is closed: nobody reads any more
             pass
 
     def _put(self, item: T) -> None:
-        if self._queue.qsize() >= self._limit:
+        cost = self._cost(item)
+        if self._held + cost > self._limit:
             self.dropped += 1
-        else:
-            self._queue.put_nowait(item)
+            return
+        self._held += cost
+        self._items.append(item)
+        self._wake.set()
+
+    def _end(self) -> None:
+        self._ending = True
+        self._wake.set()
+
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """Every item, in order, as lists of those waiting; an empty list after each quiet
+        ``SHUTDOWN_POLL_S`` (a heartbeat's chance); until ``end()`` (after the items pushed
+        before it) or until ``stop()`` turns true (checked before every batch)."""
+        items = self._items
+        while not self._stop():
+            if items:
+                batch = list(items)
+                items.clear()
+                self._held = 0
+                yield batch
+            elif self._ending:
+                self.ended = True
+                return
+            else:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(SHUTDOWN_POLL_S):
+                        await self._wake.wait()
+                except TimeoutError:
+                    yield []
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        """Items until ``end()``, or until ``stop()`` turns true (checked before every item)."""
-        async with contextlib.aclosing(queued(self._queue, self._stop)) as items:
-            async for item in items:
-                if item is self._END:
-                    return
-                if item is not IDLE:
+        """Every item, one at a time."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for item in batch:
                     yield item
 
 
@@ -137,7 +173,7 @@ class ClosingStreamingResponse(StreamingResponse):
                 await close()
 
 
-def _dropped_note(feed: _Feed[Any]) -> str:
+def _dropped_note(feed: Feed[Any]) -> str:
     count, feed.dropped = feed.dropped, 0
     return f"[llamaswap-docker: {count} log lines dropped: the reader was too slow]\n"
 
@@ -161,7 +197,7 @@ async def logs(tail: TailQuery = -1) -> PlainTextResponse:
 async def logs_stream(request: Request, tail: TailQuery = -1) -> StreamingResponse:
     """The proxy's log, live: recent lines first (unless ``?no-history``), then new ones."""
     with_history = "no-history" not in request.query_params
-    feed: _Feed[str] = _Feed(asyncio.get_running_loop(), _shutting_down(request))
+    feed: Feed[str] = Feed(asyncio.get_running_loop(), _shutting_down(request))
     # Subscribe before reading the history, so no line falls between the two.
     log_buffer.subscribe(feed.push)
     history = _last(log_buffer.history(), tail) if with_history else []
@@ -237,53 +273,85 @@ async def _follow(containers: Any, container_id: str, stream: Iterator[bytes],
                   model_id: str, stop: Callable[[], bool]) -> AsyncIterator[bytes]:
     """Relay an engine log stream read in a daemon thread; closing it ends the thread.
 
-    The stream ends when the container stops. An engine may also end it while the container
-    runs on (an engine hiccup, a log file rotated under the follower): it is then followed
-    again from where it ended, so a live follower does not go silent.
+    An engine that ends the stream while the container runs on (a hiccup, a log file rotated
+    under the follower) is followed again from where it ended, so a live follower does not go
+    silent.
     """
-    feed: _Feed[bytes] = _Feed(asyncio.get_running_loop(), stop)
-    closed = threading.Event()
-    current = stream
+    feed: Feed[bytes] = Feed(asyncio.get_running_loop(), stop)
+    ended_at = time.time()
 
-    def pump() -> None:
-        nonlocal current
+    def take(chunk: bytes) -> None:
+        nonlocal ended_at
+        feed.push(chunk)
+        ended_at = time.time()
+
+    follower = EngineFollower(
+        containers, container_id, stream, model_id, "logs", take, feed.end,
+        lambda: containers.follow_logs(container_id, -1, since=ended_at))
+    try:
+        async with contextlib.aclosing(feed.batches()) as batches:
+            async for batch in batches:
+                if feed.dropped:
+                    yield _dropped_note(feed).encode()
+                if batch:
+                    yield b"".join(batch)
+    finally:
+        follower.close()  # the client left, or the container stopped
+
+
+class EngineFollower:
+    """An engine stream of a container (its logs, its stats) read in a daemon thread of its
+    own (a follow may last for days; the loop's executor is joined at shutdown), each item
+    handed to ``take``, ``done`` called once the thread is through.
+
+    The engine ends the stream when the container stops. It may also end it while the
+    container runs on: ``reopen`` then opens it again, at most once per
+    ``REFOLLOW_INTERVAL_S`` (an engine that keeps ending it costs one call a second).
+    ``close()`` shuts the engine stream's socket down, which unblocks the thread at once; it
+    never awaits, so it may run while its caller is being cancelled.
+    """
+
+    def __init__(self, containers: Any, container_id: str, stream: Iterator[Any], model_id: str,
+                 what: str, take: Callable[[Any], None], done: Callable[[], None],
+                 reopen: Callable[[], Iterator[Any]]) -> None:
+        self._containers = containers
+        self._container_id = container_id
+        self._current = stream
+        self._model_id = model_id
+        self._what = what
+        self._take = take
+        self._done = done
+        self._reopen = reopen
+        self._closed = threading.Event()
+        threading.Thread(target=self._pump, name=f"{what}-{model_id}", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        close_engine_stream(self._current, self._model_id, self._what)
+
+    def _pump(self) -> None:
+        log = logger.bind(model=self._model_id)
+        closed = self._closed
         try:
             while not closed.is_set():
-                ended_at = time.time()
                 try:
-                    for chunk in current:
-                        feed.push(chunk)
-                        ended_at = time.time()
+                    for item in self._current:
+                        if closed.is_set():
+                            return
+                        self._take(item)
                 except Exception as exc:  # noqa: BLE001 - an engine hiccup: decided below
-                    logger.bind(model=model_id).debug("container log stream broke: {}", exc)
-                if closed.is_set() or not _still_running(containers, container_id):
+                    log.debug("container {} stream broke: {}", self._what, exc)
+                if (closed.is_set() or not _still_running(self._containers, self._container_id)
+                        or closed.wait(REFOLLOW_INTERVAL_S)):
                     return
-                # Throttled, so an engine that keeps ending the stream costs one call a second.
-                if closed.wait(REFOLLOW_INTERVAL_S):
-                    return
-                logger.bind(model=model_id).debug("container log stream ended early: following again")
-                current = containers.follow_logs(container_id, -1, since=ended_at)
+                log.debug("container {} stream ended early: following again", self._what)
+                self._current = self._reopen()
                 if closed.is_set():  # closed while reopening: the closer saw the old stream
-                    close_engine_stream(current, model_id)
+                    close_engine_stream(self._current, self._model_id, self._what)
         except Exception as exc:  # noqa: BLE001 - an engine error ends this stream, not the proxy
-            logger.bind(model=model_id).debug("container log stream ended: {}", exc)
+            log.debug("container {} stream ended: {}", self._what, exc)
         finally:
-            feed.end()
-
-    # A thread of its own rather than the default executor: a follow may last for days, and
-    # the loop's executor is joined at shutdown.
-    reader = threading.Thread(target=pump, name=f"logs-{model_id}", daemon=True)
-    reader.start()
-    try:
-        async for chunk in feed:
-            if feed.dropped:
-                yield _dropped_note(feed).encode()
-            yield chunk
-    finally:
-        # The client left (or the container stopped): shutting the socket down unblocks the
-        # reader thread at once (no await here: this may run while being cancelled).
-        closed.set()
-        close_engine_stream(current, model_id)
+            self._done()
 
 
 def _still_running(containers: Any, container_id: str) -> bool:

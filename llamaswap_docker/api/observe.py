@@ -32,7 +32,7 @@ from llamaswap_docker.api.logs import (
     ClosingStreamingResponse,
     queued,
 )
-from llamaswap_docker.api.readings import activity_stats, histograms_by_model, status_filter
+from llamaswap_docker.api.readings import activity_stats, histograms_by_model, status_range
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 from llamaswap_docker.observe.activity import SORT_KEYS, ActivityQuery
@@ -80,27 +80,20 @@ async def activity(
     try:
         query = _activity_query(model, start, end, since, until, min_id, max_id, sort, order,
                                 limit, page, offset)
-        wanted = status_filter(status)
+        statuses = status_range(status)
     except ValueError as exc:
         return error_response("openai", 400, f"invalid request: {exc}", "invalid_request")
     state = app_state(request)
     # Aliases name their model; any other name is taken as written (a removed model, a peer's).
-    query = dataclasses.replace(query, models=tuple(dict.fromkeys(
+    query = dataclasses.replace(query, statuses=statuses, models=tuple(dict.fromkeys(
         state.config.resolve(name) or name for name in query.models)))
     state.recorder.flush()
     activity_log = state.recorder.activity
     # The store is read in a thread; memory on the loop (a thread would race its appends).
-    if wanted is not None:  # ActivityQuery has no status: every match is read, then paged
-        page_of = slice(query.offset, query.offset + limit)
-        query = dataclasses.replace(query, limit=2**62, offset=0)
     if activity_log.store_path is None:
         total, rows = activity_log.query(query)
     else:
         total, rows = await asyncio.to_thread(activity_log.query, query)
-    if wanted is not None:
-        rows = [row for row in rows if wanted(row.status)]
-        total, rows = len(rows), rows[page_of]
-        query = dataclasses.replace(query, offset=page_of.start)
     data = [row.to_json() for row in rows]
     return JSONResponse({
         "data": data, "page": query.offset // limit + 1, "limit": limit, "total": total,
@@ -168,7 +161,7 @@ async def stats(request: Request, model: Annotated[str | None, Query(
         totals[f"{kind}_tokens"] = totals.get(f"{kind}_tokens", 0) + count
     model_id = None if model is None else state.config.resolve(model) or model
     rows = recorder.activity.rows
-    body = {"totals": totals, **recorder.activity.stats(),
+    body = {"totals": totals, **recorder.activity.stats(rows),
             **activity_stats(r for r in rows if model_id is None or r.model == model_id)}
     histograms = histograms_by_model(rows)
     for name, fields in body["models"].items():

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "load_average",
     "memory_info",
     "net_io",
-    "status_filter",
+    "status_range",
 ]
 
 #: llama-swap's bounds on the number of histogram bins (Sturges' rule in between).
@@ -160,9 +160,10 @@ def histograms_by_model(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
             for model, (prompt, generation) in speeds.items()}
 
 
-def status_filter(text: str | None) -> Callable[[int], bool] | None:
-    """Which response statuses ``?status=`` keeps: ``ok`` (below 400), ``error`` (400 and
-    above), a class (``2xx``, ``4xx``, ``5xx``) or one code; None: every status.
+def status_range(text: str | None) -> tuple[int, int] | None:
+    """The response statuses ``?status=`` keeps, as ``[low, high)``: ``ok`` (below 400),
+    ``error`` (400 and above), a class (``2xx``, ``4xx``, ``5xx``) or one code; None: every
+    status.
 
     Raises:
         ValueError: none of those.
@@ -171,15 +172,14 @@ def status_filter(text: str | None) -> Callable[[int], bool] | None:
         return None
     value = text.strip().lower()
     if value == "ok":
-        return lambda status: status < 400
+        return 0, 400
     if value in ("error", "errors"):
-        return lambda status: status >= 400
+        return 400, 1000
     if len(value) == 3 and value[0] in "12345" and value[1:] == "xx":
         low = int(value[0]) * 100
-        return lambda status: low <= status < low + 100
+        return low, low + 100
     if value.isdigit() and 100 <= int(value) <= 599:
-        code = int(value)
-        return lambda status: status == code
+        return int(value), int(value) + 1
     raise ValueError(f"invalid status {text!r}: use ok, error, 2xx, 4xx, 5xx or a code "
                      "such as 503")
 

@@ -28,6 +28,7 @@ from llamaswap_docker.cli.client import (
 from llamaswap_docker.cli.output import human_duration, print_error, stdout
 from llamaswap_docker.config import Config, DockerSettings, load_config
 from llamaswap_docker.errors import LlamaswapError
+from llamaswap_docker.lifecycle.engines import connect_engine
 from llamaswap_docker.runtime import ContainerRef, Containers, Engine
 
 __all__ = ["cleanup"]
@@ -140,9 +141,7 @@ def _engine(loaded: Config | None, name: str | None,
         raise LlamaswapError(f"--engine {name!r} is not an engine of the config ({known})")
     if engines and not docker_host:
         name = name or next(iter(engines))
-        settings = engines[name]
-        tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
-        return Engine.from_settings(settings.host, tls=tls), name
+        return connect_engine(engines[name]), name
     return Engine.from_settings(docker_host or (loaded.docker.host if loaded else None)), ""
 
 

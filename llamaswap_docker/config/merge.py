@@ -19,12 +19,13 @@ defines the model before the files are merged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import Loc, format_loc
+from .schema import Loc, format_loc, resolve_volume
 
 __all__ = ["IDENTITY_PATHS", "MergeConflict", "Origins", "Source", "merge_sources", "source_files"]
 
@@ -191,6 +192,5 @@ def _resolve_volumes(source: Source) -> None:
         for index, spec in enumerate(volumes):
             if not isinstance(spec, str):
                 continue
-            host, sep, rest = spec.partition(":")
-            if sep and (host in (".", "..") or host.startswith(("./", "../"))):
-                volumes[index] = f"{os.path.abspath(os.path.join(base, host))}:{rest}"
+            with contextlib.suppress(ValueError):  # ~unknownuser: the schema says so
+                volumes[index] = resolve_volume(spec, base)

@@ -44,6 +44,7 @@ from .backends import GPU_PLATFORMS, Backend, BackendPreset, Platform, backend_p
 from .matrix import VAR_KEY_RE, MatrixError, Program, compile_matrix
 
 __all__ = [
+    "resolve_volume",
     "DEFAULT_GROUP_ID",
     "RESERVED_MACROS",
     "RESERVED_LABEL_PREFIX",
@@ -337,21 +338,30 @@ class VolumeMount:
         return cls(source=source, target=target, read_only="ro" in options, options=options)
 
 
-def _check_volume(spec: str, info: ValidationInfo) -> str:
-    # Relative host paths are resolved like docker compose does: against the config
-    # file's folder (the loader passes it as "base_dir"), else the working directory.
+def resolve_volume(spec: str, base: str | os.PathLike[str]) -> str:
+    """``spec`` with a relative (``./``, ``../``) or ``~`` host path made absolute, as docker
+    compose does: against ``base``, the folder of the file that says it.
+
+    Raises:
+        ValueError: ``~unknownuser``.
+    """
     source, sep, rest = spec.partition(":")
-    if sep and (source in (".", "..") or source.startswith(("./", "../", "~"))):
-        if source.startswith("~"):
-            try:
-                resolved = Path(source).expanduser()
-            except RuntimeError as exc:  # ~unknownuser
-                raise ValueError(f"volume {spec!r}: cannot expand {source!r}: {exc}") from None
-        else:
-            base = (info.context or {}).get("base_dir") or Path.cwd()
-            resolved = Path(base) / source
-        # abspath, not resolve(): the folder the user named, symlinks and all.
-        spec = f"{os.path.abspath(resolved)}:{rest}"
+    if not (sep and (source in (".", "..") or source.startswith(("./", "../", "~")))):
+        return spec
+    if source.startswith("~"):
+        try:
+            resolved = Path(source).expanduser()
+        except RuntimeError as exc:  # ~unknownuser
+            raise ValueError(f"volume {spec!r}: cannot expand {source!r}: {exc}") from None
+    else:
+        resolved = Path(base) / source
+    # abspath, not resolve(): the folder the user named, symlinks and all.
+    return f"{os.path.abspath(resolved)}:{rest}"
+
+
+def _check_volume(spec: str, info: ValidationInfo) -> str:
+    # The loader passes the config file's folder as "base_dir" (else: the working directory).
+    spec = resolve_volume(spec, (info.context or {}).get("base_dir") or Path.cwd())
     VolumeMount.parse(spec)
     return spec
 
@@ -1520,17 +1530,14 @@ class Config(_Schema):
 
     def _unknown_target(self, name: str) -> str:
         known = [*self.models, *self._aliases, *self._peer_names, *self.selectors]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown model {name!r}{hint}: name a model, an alias, a peer's model or a selector"
+        return (f"unknown model {name!r}{_did_you_mean(name, known)}: name a model, an alias, "
+                f"a peer's model or a selector")
 
     def _unknown_model(self, name: str, *, aliases_ok: bool) -> str:
         if not aliases_ok and name in self._aliases:
             return f"{name!r} is an alias of model {self._aliases[name]!r}; use the model id"
         known = list(self.models) + (list(self._aliases) if aliases_ok else [])
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown model {name!r}{hint}"
+        return f"unknown model {name!r}{_did_you_mean(name, known)}"
 
     # ------------------------------------------------------------------ lookups
 
@@ -1750,3 +1757,9 @@ class Config(_Schema):
         if model_id is None:
             raise KeyError(name)
         return model_id
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

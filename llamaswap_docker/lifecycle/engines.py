@@ -29,7 +29,7 @@ from llamaswap_docker.lifecycle.placement import Need
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 from llamaswap_docker.runtime.owner import InstanceOwned, Owner, claim_instance, release_instance
 
-__all__ = ["CHECK_INTERVAL_S", "EngineSet", "EngineSlot", "on_engines"]
+__all__ = ["CHECK_INTERVAL_S", "EngineSet", "EngineSlot", "connect_engine", "on_engines"]
 
 #: Seconds between two looks at each engine (a ping when up, a connection attempt when down).
 CHECK_INTERVAL_S = 1.0
@@ -37,6 +37,12 @@ CHECK_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 2.0
 #: Seconds a connection attempt may take (an ssh:// engine opens an ssh session).
 CONNECT_TIMEOUT_S = 15.0
+
+
+def connect_engine(settings: EngineConfig) -> Engine:
+    """A client of one ``engines:`` entry (its TLS files for ``tcp://``)."""
+    tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
+    return Engine.from_settings(settings.host, tls=tls)
 
 
 def on_engines(config: Config, needs: dict[str, Need]) -> dict[str, Need]:
@@ -162,8 +168,7 @@ class EngineSet:
             if self._me is None:
                 self._me = Owner.current(self.listen)
             me = self._me
-        tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
-        engine = Engine.from_settings(settings.host, tls=tls)
+        engine = connect_engine(settings)
         try:
             docker = self.config.docker
             owner = claim_instance(engine, docker.instance, self.listen, me)

@@ -454,10 +454,7 @@ class ModelManager:
     def placement_of(self, model_id: str) -> dict[str, Any]:
         """``/running``'s placement fields: the need, where it came from, the GPUs."""
         need = self.scheduler.needs.get(model_id)
-        placement = self.scheduler.placed.get(model_id)
-        for op in self.scheduler.running:  # a start in progress: where it goes
-            if op.target == model_id and op.placement is not None:
-                placement = op.placement
+        placement = self.scheduler.placements().get(model_id)
         runtime = self.models.get(model_id)
         container = runtime.container if runtime is not None else None
         model = self.config.models.get(model_id)
@@ -473,12 +470,8 @@ class ModelManager:
 
     def hardware(self) -> dict[str, Any]:
         """``GET /api/hardware``: the GPU inventory and what is placed on each GPU."""
-        placed = dict(self.scheduler.placed)
-        for op in self.scheduler.running:
-            if op.target is not None and op.placement is not None:
-                placed[op.target] = op.placement
         states = {m: r.state.value for m, r in self.models.items()}
-        data = self.inventory.to_json(self.config.router, placed, states)
+        data = self.inventory.to_json(self.config.router, self.scheduler.placements(), states)
         if self.engines is not None:
             data["engines"] = self.engines.to_json()
         return data

@@ -315,6 +315,14 @@ class Scheduler:
         return (runtime.state is ModelState.READY and not runtime.draining
                 and runtime.container is not None and runtime.container.base_url is not None)
 
+    def placements(self) -> dict[str, Placement]:
+        """Where each model is placed: where it runs, or where a start in progress puts it."""
+        placed = dict(self.placed)
+        for op in self.running:
+            if op.target is not None and op.placement is not None:
+                placed[op.target] = op.placement
+        return placed
+
     def waiting(self, model_id: str) -> int:
         return sum(1 for m in self.waiters.values() if m == model_id)
 

@@ -39,7 +39,8 @@ __all__ = ["COLUMNS", "SCHEMA_VERSION", "SORT_KEYS", "ActivityLog", "ActivityQue
 COLUMNS = ("id", "timestamp", "model", "path", "status", "content_type", "wait_ms",
            "duration_ms", "input_tokens", "output_tokens", "cached_tokens",
            "prompt_per_second", "tokens_per_second", "has_capture")
-_ID, _TIMESTAMP, _MODEL = COLUMNS.index("id"), COLUMNS.index("timestamp"), COLUMNS.index("model")
+_ID, _TIMESTAMP, _MODEL, _STATUS = (COLUMNS.index(name)
+                                    for name in ("id", "timestamp", "model", "status"))
 # By name, in COLUMNS order: a column a later schema adds changes neither statement.
 _SELECTED = ", ".join(COLUMNS)
 _INSERT = (f"INSERT OR REPLACE INTO activity ({_SELECTED}) "
@@ -64,6 +65,7 @@ class ActivityQuery:
     until: float | None = None
     min_id: int | None = None  # inclusive
     max_id: int | None = None
+    statuses: tuple[int, int] | None = None  # [low, high): response statuses kept
     sort: str = "id"  # a SORT_KEYS key; ties are ordered by id, the same way
     descending: bool = True
     limit: int = 100
@@ -262,12 +264,14 @@ class ActivityLog:
             return self._query_store(query)
         models = set(query.models)
         since, until, min_id, max_id = query.since, query.until, query.min_id, query.max_id
+        low, high = query.statuses or (None, None)
         matching = [values for values in reversed(self._rows)
                     if (not models or values[_MODEL] in models)
                     and (since is None or values[_TIMESTAMP] >= since)
                     and (until is None or values[_TIMESTAMP] <= until)
                     and (min_id is None or values[_ID] >= min_id)
-                    and (max_id is None or values[_ID] <= max_id)]
+                    and (max_id is None or values[_ID] <= max_id)
+                    and (low is None or low <= values[_STATUS] < high)]
         if not query.descending:
             matching.reverse()  # ids grow with time: memory is in id order
         column = SORT_KEYS.get(query.sort, "id")
@@ -284,8 +288,10 @@ class ActivityLog:
         if query.models:
             where.append(f"model IN ({','.join('?' * len(query.models))})")
             args += query.models
+        low, high = query.statuses or (None, None)
         for clause, value in (("timestamp >= ?", query.since), ("timestamp <= ?", query.until),
-                              ("id >= ?", query.min_id), ("id <= ?", query.max_id)):
+                              ("id >= ?", query.min_id), ("id <= ?", query.max_id),
+                              ("status >= ?", low), ("status < ?", high)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
@@ -309,10 +315,11 @@ class ActivityLog:
                 [*args, limit, offset]).fetchall()
         return total, [ActivityRow(*_values(values)) for values in rows]
 
-    def stats(self) -> dict[str, Any]:
-        """Per model, over the rows in memory: counts, tokens, and speed and time percentiles."""
+    def stats(self, rows: list[ActivityRow] | None = None) -> dict[str, Any]:
+        """Per model, over the rows in memory (``rows``: ``self.rows`` already read): counts,
+        tokens, and speed and time percentiles."""
         by_model: dict[str, list[ActivityRow]] = {}
-        for row in self.rows:
+        for row in self.rows if rows is None else rows:
             by_model.setdefault(row.model, []).append(row)
         models = {}
         for model, rows in sorted(by_model.items()):

@@ -225,7 +225,7 @@ class _Routes:
     properties and private attributes cost microseconds each)."""
 
     __slots__ = ("config", "largest_body", "limits", "rewrites", "drop", "stall_timeout",
-                 "stall_timeouts", "timeouts", "usage_left_alone")
+                 "stall_timeouts", "timeouts", "usage_left_alone", "peers_left_alone")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -242,12 +242,10 @@ class _Routes:
         self.timeouts = {m: _hop_timeouts(model.timeouts) for m, model in config.models.items()
                          if model.timeouts.model_fields_set}
         # Models whose filters say what stream_options are: never asked for usage by the hop.
-        self.usage_left_alone = _usage_left_alone(config)
-
-
-def _usage_left_alone(config: Config) -> frozenset[str]:
-    return frozenset(m for m, model in config.models.items()
-                     if filters_name_stream_options(model.filters))
+        self.usage_left_alone = frozenset(m for m, model in config.models.items()
+                                          if filters_name_stream_options(model.filters))
+        self.peers_left_alone = frozenset(p for p, peer in config.peers.items()
+                                          if filters_name_stream_options(peer.filters))
 
 
 #: A model's (connect, responseHeader) limits when its config sets none (llama-swap's
@@ -457,7 +455,7 @@ class _Hop:
         options = usage_options(self.path, self.payload)
         if options is None:
             return None
-        if (filters_name_stream_options(route.peer.filters) if route.peer is not None
+        if (route.peer_id in self.routes.peers_left_alone if route.peer is not None
                 else route.model_id in self.routes.usage_left_alone):
             return None
         self.usage_asked = True

@@ -50,11 +50,14 @@ class _Containers:
         return stream
 
 
-async def _read(containers: _Containers, first: _Stream, chunks: int) -> list[bytes]:
+async def _read(containers: _Containers, first: _Stream, lines: int) -> list[bytes]:
+    """The first ``lines`` lines the follower relays (it writes what waits in one chunk)."""
     body = logs._follow(containers, "c1", first, "m", lambda: False)
-    got = [await asyncio.wait_for(anext(body), 30) for _ in range(chunks)]
+    got = b""
+    while got.count(b"\n") < lines:
+        got += await asyncio.wait_for(anext(body), 30)
     await body.aclose()
-    return got
+    return got.splitlines(keepends=True)
 
 
 def test_a_stream_the_engine_ends_while_the_container_runs_is_followed_again(monkeypatch) -> None:
@@ -75,3 +78,45 @@ def test_a_stream_of_a_stopped_container_just_ends() -> None:
 
     assert asyncio.run(asyncio.wait_for(read_all(), 30)) == [b"last\n"]
     assert containers.reopened == []
+
+
+def test_a_feed_hands_the_reader_every_waiting_item_at_once_then_ends_after_them() -> None:
+    async def run() -> tuple[list[list[bytes]], bool]:
+        feed: logs.Feed[bytes] = logs.Feed(asyncio.get_running_loop(), lambda: False)
+        pusher = threading.Thread(target=lambda: ([feed.push(b"%d\n" % i) for i in range(12000)],
+                                                  feed.end()))
+        pusher.start()
+        pusher.join()  # a burst far faster than any reader: all of it waits at once
+        batches = [batch async for batch in feed.batches() if batch]
+        return batches, feed.ended
+
+    batches, ended = asyncio.run(asyncio.wait_for(run(), 30))
+    assert b"".join(b"".join(batch) for batch in batches) == b"".join(b"%d\n" % i for i in range(12000))
+    assert len(batches) == 1 and ended
+
+
+def test_a_feed_bounds_what_waits_by_bytes_and_counts_what_it_dropped() -> None:
+    async def run() -> tuple[list[bytes], int]:
+        feed: logs.Feed[bytes] = logs.Feed(asyncio.get_running_loop(), lambda: False, limit=10)
+        for chunk in (b"12345", b"67890", b"x", b"y"):
+            feed.push(chunk)
+        feed.end()
+        got = [item async for item in feed]
+        return got, feed.dropped
+
+    got, dropped = asyncio.run(asyncio.wait_for(run(), 30))
+    assert got == [b"12345", b"67890"] and dropped == 2
+
+
+def test_a_stopped_feed_ends_without_its_end_and_a_quiet_one_says_so() -> None:
+    async def run() -> tuple[list[list[bytes]], bool]:
+        stopping = []
+        feed: logs.Feed[bytes] = logs.Feed(asyncio.get_running_loop(), lambda: bool(stopping))
+        seen = []
+        async for batch in feed.batches():
+            seen.append(batch)
+            stopping.append(True)  # the proxy begins to shut down after a quiet spell
+        return seen, feed.ended
+
+    seen, ended = asyncio.run(asyncio.wait_for(run(), 30))
+    assert seen == [[]] and not ended

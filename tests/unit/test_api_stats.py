@@ -112,15 +112,15 @@ def test_stats_fields_leave_out_unreported_speeds_and_tokens_as_llama_swap_does(
     (" ERROR ", [500], [200]),
 ])
 def test_the_status_filter_keeps_what_it_names(text: str, kept: list[int], left_out: list[int]) -> None:
-    wanted = readings.status_filter(text)
-    assert all(wanted(s) for s in kept) and not any(wanted(s) for s in left_out)
+    low, high = readings.status_range(text)
+    assert all(low <= s < high for s in kept) and not any(low <= s < high for s in left_out)
 
 
 @pytest.mark.parametrize("text", ["bad", "6xx", "42", "99", "2x"])
 def test_an_unknown_status_filter_is_refused_with_the_choices(text: str) -> None:
     with pytest.raises(ValueError, match="use ok, error, 2xx, 4xx, 5xx"):
-        readings.status_filter(text)
-    assert readings.status_filter("") is None and readings.status_filter(None) is None
+        readings.status_range(text)
+    assert readings.status_range("") is None and readings.status_range(None) is None
 
 
 # -- /proc ---------------------------------------------------------------------------------------

@@ -252,3 +252,21 @@ def test_writes_and_reads_reuse_one_connection_each(
 
 def test_rows_are_written_by_column_name() -> None:
     assert activity._INSERT.startswith(f"INSERT OR REPLACE INTO activity ({', '.join(COLUMNS)})")
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["memory", "store"])
+def test_a_status_range_is_filtered_before_paging_in_memory_and_in_the_store(
+        tmp_path: Path, opened: list[ActivityLog], stored: bool) -> None:
+    # 30 rows, every third a 5xx: the match count and the pages are the 5xx rows' own.
+    log = ActivityLog(100, str(tmp_path / "activity.db") if stored else None)
+    opened.append(log)
+    log.open()
+    first = log.take_ids(30)
+    log.extend([(*row(first + i)[:4], 503 if i % 3 == 0 else 200, *row(first + i)[5:])
+                for i in range(30)])
+    total, page = log.query(ActivityQuery(statuses=(500, 600), limit=4, offset=4))
+    assert total == 10
+    assert [r.id for r in page] == [first + 15, first + 12, first + 9, first + 6]
+    assert all(r.status == 503 for r in page)
+    assert log.query(ActivityQuery(statuses=(0, 400)))[0] == 20
+    assert log.query(ActivityQuery(statuses=(404, 405)))[0] == 0
