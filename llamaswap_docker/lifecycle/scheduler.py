@@ -312,7 +312,8 @@ class Scheduler:
 
     def admissible(self, model_id: str) -> bool:
         runtime = self.models[model_id]
-        return (runtime.state is ModelState.READY and not runtime.draining
+        # ``_state``: read on every request's admission, without the property's call.
+        return (runtime._state is ModelState.READY and not runtime.draining
                 and runtime.container is not None and runtime.container.base_url is not None)
 
     def placements(self) -> dict[str, Placement]:

@@ -386,12 +386,15 @@ class Router:
         self._config = config()
         self._active: str | None = None
         self._spillovers: dict[str, Spillover] = {}
+        # The routes of plain model ids and aliases, made once per config: most requests
+        # name one, and a Route is never changed once made.
+        self._plain: dict[str, Route] = {}
 
     @property
     def config(self) -> Config:
         config = self._source()
         if config is not self._config:
-            self._config, self._spillovers = config, {}
+            self._config, self._spillovers, self._plain = config, {}, {}
             if self._active is not None:
                 self._active = None
                 logger.info("config reloaded: no profile is active")
@@ -433,11 +436,19 @@ class Router:
             ModelNotFound: nothing of that name, or the active profile turns it off.
             NoTargetAvailable: a selector has no target it can use now.
         """
+        config = self._source()
+        if config is self._config and self._active is None:
+            route = self._plain.get(name)
+            if route is not None:  # the common case: a model id or an alias, as before
+                return route
         config = self.config
         name = self._pinned(config, name)
         selector = config.selectors.get(name)
         if selector is None:
-            return self._resolve(config, name)
+            route = self._resolve(config, name)
+            if self._active is None and route.peer is None:
+                self._plain[name] = route
+            return route
         if selector.strategy == "pin":
             target = selector.targets[0]
         elif selector.strategy == "warm":

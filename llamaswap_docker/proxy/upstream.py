@@ -472,7 +472,10 @@ class UpstreamClient:
         written = time.monotonic()
         try:
             connection.send(head, body, head_request)
-            await _headers(connection, header_timeout)
+            if header_timeout is None:  # most models: no coroutine of its own for the wait
+                await connection.headers_done
+            else:
+                await _headers(connection, header_timeout)
         except UpstreamError as exc:
             connection._close()
             # A pooled connection the server had already closed (nothing received, and at

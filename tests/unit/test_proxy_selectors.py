@@ -161,6 +161,30 @@ def test_a_reloaded_config_starts_with_no_profile_and_says_so(config: Config) ->
     assert watching.queue.get_nowait()[1]["active"] is None
 
 
+def test_a_name_routed_before_a_reload_or_a_profile_is_routed_anew_after_it(config: Config) -> None:
+    # Plain names' routes are kept per config (most requests name one): a reload that moves an
+    # alias or drops a model, and a profile that pins the name, must each be seen at once.
+    holder = [config]
+    routes = router(config, holder=holder)
+    assert routes.route("large").model_id == "big" and routes.route("tiny").model_id == "tiny"
+    assert routes.route("large") is routes.route("large")
+    holder[0] = load_config_text(CONFIG.replace("aliases: [large]", "")
+                                 .replace("small: {image: x}", "small: {image: x, aliases: [large]}")
+                                 .replace("  tiny: {image: x}\n", "").replace(", tiny]", "]")
+                                 .replace("[small, tiny, lab/llama]", "[small, lab/llama]"))
+    assert routes.route("large").model_id == "small"
+    with pytest.raises(ModelNotFound):
+        routes.route("tiny")
+    pinned = load_config_text(CONFIG.replace("home:\n    pins: {chat: small}",
+                                             "home:\n    pins: {chat: small, big: tiny}"))
+    holder[0] = pinned
+    assert routes.route("big").model_id == "big"
+    routes.activate("home")
+    assert routes.route("big").model_id == "tiny"
+    routes.activate(None)
+    assert routes.route("big").model_id == "big"
+
+
 # -- selectors -------------------------------------------------------------------------------
 
 
