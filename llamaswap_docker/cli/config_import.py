@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -11,8 +11,10 @@ from rich.text import Text
 
 from llamaswap_docker.cli.output import stderr, stdout
 from llamaswap_docker.config.backends import PLATFORMS
-from llamaswap_docker.config.importer import ImportResult, import_config
 from llamaswap_docker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llamaswap_docker.config.importer import ImportResult
 
 __all__ = ["import_command"]
 
@@ -67,6 +69,9 @@ def import_command(
         if output.exists() and not force:
             raise ConfigError(f"{output} exists: pass --force to replace it")
     base = (output.resolve().parent if output is not None else Path.cwd())
+    # Here, not at the top: every other command (serve, on each restart) starts without it.
+    from llamaswap_docker.config.importer import import_config
+
     result = import_config(text, source=str(source), platform=platform, base_dir=base)
     if output is None:
         typer.echo(result.text, nl=not result.text.endswith("\n"))
