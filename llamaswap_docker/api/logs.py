@@ -259,8 +259,9 @@ async def model_logs_stream(
         text = await asyncio.to_thread(containers.logs_tail, container.id, tail)
         return PlainTextResponse(f"{text}\n" if text else "", media_type=_TEXT)
     # Open the stream here, so an engine error still answers as an error, not an empty stream.
+    opened_at = time.time()
     stream = await asyncio.to_thread(containers.follow_logs, container.id, tail)
-    body = _follow(containers, container.id, stream, model_id, _shutting_down(request))
+    body = _follow(containers, container.id, stream, model_id, _shutting_down(request), opened_at)
     return ClosingStreamingResponse(body, media_type=_TEXT, headers=STREAM_HEADERS)
 
 
@@ -270,15 +271,17 @@ def _shutting_down(request: Request) -> Callable[[], bool]:
 
 
 async def _follow(containers: Any, container_id: str, stream: Iterator[bytes],
-                  model_id: str, stop: Callable[[], bool]) -> AsyncIterator[bytes]:
-    """Relay an engine log stream read in a daemon thread; closing it ends the thread.
+                  model_id: str, stop: Callable[[], bool], opened_at: float) -> AsyncIterator[bytes]:
+    """Relay an engine log stream (opened at ``opened_at``) read in a daemon thread; closing
+    it ends the thread.
 
     An engine that ends the stream while the container runs on (a hiccup, a log file rotated
-    under the follower) is followed again from where it ended, so a live follower does not go
-    silent.
+    under the follower, or a stream opened on a container created but not yet started, which
+    the engine ends at once) is followed again from the last output received, or from when
+    the stream was opened if none was: no line written meanwhile is lost.
     """
     feed: Feed[bytes] = Feed(asyncio.get_running_loop(), stop)
-    ended_at = time.time()
+    ended_at = opened_at
 
     def take(chunk: bytes) -> None:
         nonlocal ended_at
@@ -341,7 +344,7 @@ class EngineFollower:
                         self._take(item)
                 except Exception as exc:  # noqa: BLE001 - an engine hiccup: decided below
                     log.debug("container {} stream broke: {}", self._what, exc)
-                if (closed.is_set() or not _still_running(self._containers, self._container_id)
+                if (closed.is_set() or not _may_write_more(self._containers, self._container_id)
                         or closed.wait(REFOLLOW_INTERVAL_S)):
                     return
                 log.debug("container {} stream ended early: following again", self._what)
@@ -354,9 +357,11 @@ class EngineFollower:
             self._done()
 
 
-def _still_running(containers: Any, container_id: str) -> bool:
+def _may_write_more(containers: Any, container_id: str) -> bool:
+    """Running, or about to: a stream opened as the container was created (a model page
+    follows a start from its first moment) ends at once, before the container starts."""
     state = containers.state(container_id)
-    return state is not None and state.running
+    return state is not None and (state.running or state.status in ("created", "restarting"))
 
 
 def close_engine_stream(stream: Iterator[Any], model_id: str, what: str = "log") -> None:

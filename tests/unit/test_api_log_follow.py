@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from llamaswap_docker.api import logs
 
 
+#: When the first stream was opened (epoch seconds).
+OPENED_AT = 1_700_000_000.0
+
+
 class _Stream:
     """An engine log stream: some chunks, then either the end or a block until closed."""
 
@@ -30,6 +34,7 @@ class _Stream:
 @dataclass
 class _State:
     running: bool
+    status: str
 
 
 @dataclass
@@ -39,9 +44,13 @@ class _Containers:
     running: bool
     reopened: list[_Stream] = field(default_factory=list)
     since: list[float | None] = field(default_factory=list)
+    #: States to report first (then running or exited, as ``running`` says).
+    states: list[str] = field(default_factory=list)
 
     def state(self, container_id: str) -> _State:
-        return _State(running=self.running)
+        if self.states:
+            return _State(running=False, status=self.states.pop(0))
+        return _State(running=self.running, status="running" if self.running else "exited")
 
     def follow_logs(self, container_id: str, tail: int, since: float | None = None) -> _Stream:
         self.since.append(since)
@@ -52,7 +61,7 @@ class _Containers:
 
 async def _read(containers: _Containers, first: _Stream, lines: int) -> list[bytes]:
     """The first ``lines`` lines the follower relays (it writes what waits in one chunk)."""
-    body = logs._follow(containers, "c1", first, "m", lambda: False)
+    body = logs._follow(containers, "c1", first, "m", lambda: False, OPENED_AT)
     got = b""
     while got.count(b"\n") < lines:
         got += await asyncio.wait_for(anext(body), 30)
@@ -69,11 +78,23 @@ def test_a_stream_the_engine_ends_while_the_container_runs_is_followed_again(mon
     assert containers.reopened[0].closed.wait(30), "leaving must close the reopened stream"
 
 
+def test_a_stream_ended_before_the_container_wrote_anything_is_followed_again_from_its_opening(
+        monkeypatch) -> None:
+    # Opened while the container was created but not started, the engine ends the stream at
+    # once; what the container writes from then on must all come through the new follow.
+    monkeypatch.setattr(logs, "REFOLLOW_INTERVAL_S", 0.01)
+    containers = _Containers(running=True, states=["created"])
+    got = asyncio.run(_read(containers, _Stream([], block=False), 1))
+    assert got == [b"after the engine ended the stream\n"]
+    assert containers.since == [OPENED_AT]
+
+
 def test_a_stream_of_a_stopped_container_just_ends() -> None:
     containers = _Containers(running=False)
 
     async def read_all() -> list[bytes]:
-        body = logs._follow(containers, "c1", _Stream([b"last\n"], block=False), "m", lambda: False)
+        body = logs._follow(containers, "c1", _Stream([b"last\n"], block=False), "m",
+                            lambda: False, OPENED_AT)
         return [chunk async for chunk in body]
 
     assert asyncio.run(asyncio.wait_for(read_all(), 30)) == [b"last\n"]
