@@ -76,9 +76,17 @@ class EngineError(LlamaswapError):
 
 
 class EngineUnreachable(EngineError):
-    """No Docker engine answers at the configured URL."""
+    """No Docker engine answers at the configured URL.
+
+    ``advice`` (how to start a local engine) follows the message for a person; ``fault`` is
+    the message alone, for a place that knows the engine is remote or down already.
+    """
 
     code = "engine_unreachable"
+
+    def __init__(self, message: str, *, advice: str = "") -> None:
+        super().__init__(f"{message}. {advice}." if advice else message)
+        self.fault = message
 
 
 class ImageNotFound(EngineError):

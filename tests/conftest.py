@@ -147,6 +147,18 @@ def unused_tcp_port() -> int:
         return sock.getsockname()[1]
 
 
+def poll(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Call ``check`` until it returns something true, and return that; fail naming ``what``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def wait_http_ok(url: str, timeout: float = 30.0) -> float:
     """Poll ``url`` until it answers 200; return the seconds it took."""
     started = time.monotonic()

@@ -39,7 +39,7 @@ from llamaswap_docker.api.logs import (
     Feed,
 )
 from llamaswap_docker.api.monitor import SAMPLE_S, Monitor
-from llamaswap_docker.api.readings import container_reading
+from llamaswap_docker.api.readings import container_reading, rfc3339_seconds
 from llamaswap_docker.api.state import AppState, app_state
 from llamaswap_docker.config.masking import mask_secrets
 from llamaswap_docker.proxy.sse import typed_event
@@ -88,14 +88,11 @@ def _after(text: str | None) -> float | None:
         return float(text)
     except ValueError:
         pass
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    seconds = rfc3339_seconds(text)
+    if seconds is None:
         raise ValueError(f"invalid 'after' timestamp {text!r}: use RFC 3339 "
                          "(2025-01-31T12:00:00Z) or epoch seconds")
-    return parsed.timestamp()
+    return seconds
 
 
 def _newer(samples: Any, after: float | None) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -32,7 +31,12 @@ from llamaswap_docker.api.logs import (
     ClosingStreamingResponse,
     queued,
 )
-from llamaswap_docker.api.readings import activity_stats, histograms_by_model, status_range
+from llamaswap_docker.api.readings import (
+    activity_stats,
+    histograms_by_model,
+    rfc3339_seconds,
+    status_range,
+)
 from llamaswap_docker.api.state import app_state
 from llamaswap_docker.logs import log_buffer
 from llamaswap_docker.observe.activity import SORT_KEYS, ActivityQuery
@@ -135,14 +139,11 @@ def _activity_query(models: list[str] | None, start: str | None, end: str | None
 
 def _rfc3339(text: str, name: str) -> float:
     """Epoch seconds of an RFC 3339 time (``2025-01-31T12:00:00Z``)."""
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in text.upper():
+    seconds = rfc3339_seconds(text) if "T" in text.upper() else None  # a date alone is not one
+    if seconds is None:
         raise ValueError(f"invalid {name!r} timestamp {text!r}: use RFC 3339, e.g. "
                          "2025-01-31T12:00:00Z")
-    return parsed.timestamp()
+    return seconds
 
 
 @router.get("/api/metrics/stats")

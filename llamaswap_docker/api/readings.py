@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "load_average",
     "memory_info",
     "net_io",
+    "rfc3339_seconds",
     "status_range",
 ]
 
@@ -158,6 +160,16 @@ def histograms_by_model(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
             generation.append(row.tokens_per_second)
     return {model: {"prompt_histogram": histogram(prompt), "gen_histogram": histogram(generation)}
             for model, (prompt, generation) in speeds.items()}
+
+
+def rfc3339_seconds(text: str) -> float | None:
+    """Epoch seconds of a time with its offset (``2025-01-31T12:00:00Z``), as ``?start=``,
+    ``?end=`` and ``?after=`` take it; None: not one."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 def status_range(text: str | None) -> tuple[int, int] | None:

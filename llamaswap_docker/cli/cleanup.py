@@ -28,7 +28,6 @@ from llamaswap_docker.cli.client import (
 from llamaswap_docker.cli.output import human_duration, print_error, stdout
 from llamaswap_docker.config import Config, DockerSettings, load_config
 from llamaswap_docker.errors import LlamaswapError
-from llamaswap_docker.lifecycle.engines import connect_engine
 from llamaswap_docker.runtime import ContainerRef, Containers, Engine
 
 __all__ = ["cleanup"]
@@ -141,7 +140,7 @@ def _engine(loaded: Config | None, name: str | None,
         raise LlamaswapError(f"--engine {name!r} is not an engine of the config ({known})")
     if engines and not docker_host:
         name = name or next(iter(engines))
-        return connect_engine(engines[name]), name
+        return Engine.of_entry(engines[name]), name
     return Engine.from_settings(docker_host or (loaded.docker.host if loaded else None)), ""
 
 

@@ -29,7 +29,7 @@ from llamaswap_docker.lifecycle.placement import Need
 from llamaswap_docker.runtime import Containers, Engine, resolve_routing
 from llamaswap_docker.runtime.owner import InstanceOwned, Owner, claim_instance, release_instance
 
-__all__ = ["CHECK_INTERVAL_S", "EngineSet", "EngineSlot", "connect_engine", "on_engines"]
+__all__ = ["CHECK_INTERVAL_S", "EngineSet", "EngineSlot", "on_engines"]
 
 #: Seconds between two looks at each engine (a ping when up, a connection attempt when down).
 CHECK_INTERVAL_S = 1.0
@@ -37,12 +37,6 @@ CHECK_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 2.0
 #: Seconds a connection attempt may take (an ssh:// engine opens an ssh session).
 CONNECT_TIMEOUT_S = 15.0
-
-
-def connect_engine(settings: EngineConfig) -> Engine:
-    """A client of one ``engines:`` entry (its TLS files for ``tcp://``)."""
-    tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
-    return Engine.from_settings(settings.host, tls=tls)
 
 
 def on_engines(config: Config, needs: dict[str, Need]) -> dict[str, Need]:
@@ -168,7 +162,7 @@ class EngineSet:
             if self._me is None:
                 self._me = Owner.current(self.listen)
             me = self._me
-        engine = connect_engine(settings)
+        engine = Engine.of_entry(settings)
         try:
             docker = self.config.docker
             owner = claim_instance(engine, docker.instance, self.listen, me)
@@ -225,7 +219,7 @@ class EngineSet:
                 self.release()
                 raise error
             if isinstance(error, LlamaswapError):
-                self._mark(slot, False, _short(error.message))
+                self._mark(slot, False, _reason(error))
             elif error is not None:
                 raise error
             else:
@@ -292,10 +286,10 @@ class EngineSet:
             try:
                 finished.result()
             except LlamaswapError as exc:
-                if _short(exc.message) != slot.reason:
-                    logger.bind(engine=slot.label, reason=_short(exc.message)).info(
+                if _reason(exc) != slot.reason:
+                    logger.bind(engine=slot.label, reason=_reason(exc)).info(
                         "engine still down")
-                slot.reason = _short(exc.message)
+                slot.reason = _reason(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - keep trying; say what went wrong
                 logger.opt(exception=exc).bind(engine=slot.label).warning(
@@ -327,7 +321,7 @@ class EngineSet:
         except asyncio.TimeoutError:
             return f"no answer to a ping within {PING_TIMEOUT_S:.0f}s"
         except LlamaswapError as exc:
-            return _short(exc.message)
+            return _reason(exc)
         return None
 
     def _mark(self, slot: EngineSlot, up: bool, reason: str) -> None:
@@ -339,10 +333,10 @@ class EngineSet:
             log.bind(reason=reason.splitlines()[0][:300] if reason else "-").warning("engine down")
 
 
-def _short(message: str) -> str:
-    """An engine error without the advice on starting a local engine (this one is remote,
-    or known to be down)."""
-    return message.split(". Start the engine", 1)[0]
+def _reason(error: LlamaswapError) -> str:
+    """Why an engine is down, without the advice on starting a local engine (this one is
+    remote, or known to be down)."""
+    return error.fault if isinstance(error, EngineUnreachable) else error.message
 
 
 def _in_daemon_thread(function: Callable[[EngineSlot], None],

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import docker.constants
@@ -23,6 +23,9 @@ import docker.tls
 import requests.exceptions
 
 from llamaswap_docker.errors import EngineError, EngineUnreachable, ImageNotFound
+
+if TYPE_CHECKING:
+    from llamaswap_docker.config import EngineConfig
 
 __all__ = ["Engine", "close_stream", "translate_errors", "running_in_container"]
 
@@ -64,7 +67,8 @@ def translate_errors(action: str) -> Iterator[None]:
     except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
         if _permission_denied(exc):
             raise EngineUnreachable(f"{action}: {_NO_PERMISSION}") from exc
-        raise EngineUnreachable(f"{action}: the Docker engine is not reachable. {_HOW_TO_START}.") from exc
+        raise EngineUnreachable(f"{action}: the Docker engine is not reachable",
+                                advice=_HOW_TO_START) from exc
     except requests.exceptions.RequestException as exc:
         # A read timeout or a broken answer: the engine is there but did not complete the call.
         raise EngineError(f"{action}: the Docker engine did not answer in time ({exc})") from exc
@@ -72,9 +76,8 @@ def translate_errors(action: str) -> Iterator[None]:
         if _permission_denied(exc):
             raise EngineUnreachable(f"{action}: {_NO_PERMISSION}") from exc
         if "Error while fetching server API version" in str(exc):
-            raise EngineUnreachable(
-                f"{action}: the Docker engine is not reachable ({exc}). {_HOW_TO_START}."
-            ) from exc
+            raise EngineUnreachable(f"{action}: the Docker engine is not reachable ({exc})",
+                                    advice=_HOW_TO_START) from exc
         raise EngineError(f"{action}: {exc}") from exc
 
 
@@ -108,6 +111,12 @@ class Engine:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
+
+    @classmethod
+    def of_entry(cls, settings: EngineConfig) -> "Engine":
+        """A client of one ``engines:`` entry (its TLS files for ``tcp://``)."""
+        tls = (settings.tls.ca, settings.tls.cert, settings.tls.key) if settings.tls else None
+        return cls.from_settings(settings.host, tls=tls)
 
     @classmethod
     def from_settings(cls, host: str | None = None, timeout: int = 60,

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from tests.conftest import chat, fake_model, model_containers, ready_ids
-
-
-def _until(predicate: Any, what: str, deadline_s: float = 60) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from tests.conftest import chat, fake_model, model_containers, poll, ready_ids
 
 
 def _events(lines: Iterator[str], kind: str) -> Iterator[dict[str, Any]]:
@@ -90,7 +79,7 @@ def test_warm_takes_the_ready_model_and_spillover_starts_the_next_when_one_is_fu
     first = threading.Thread(target=lambda: results.append(chat(url, "pool", stream=True)))
     first.start()
     # b is ready: it takes the first request; with it full, the next one starts a.
-    _until(lambda: [r for r in httpx.get(f"{url}/api/inflight", timeout=10).json()["inflight"]
+    poll(lambda: [r for r in httpx.get(f"{url}/api/inflight", timeout=10).json()["inflight"]
                     if r["model"] == "b"], "the first request in flight on b")
     second = chat(url, "pool", stream=True)
     first.join(60)

@@ -17,7 +17,6 @@ import asyncio
 import csv
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import orjson
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.conftest import FAKE_UPSTREAM_IMAGE, fake_model
+from tests.conftest import FAKE_UPSTREAM_IMAGE, fake_model, poll
 from tests.integration.test_ui import ARTIFACTS, DOWNLOADS, browser, shot, wait  # noqa: F401
 
 ROWS = 10_000
@@ -92,16 +91,6 @@ def points(driver: Any, selector: str) -> int:
 
 def stats_threads(model: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"stats-{model}" and t.is_alive()]
-
-
-def poll(check: Any, timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.1)
 
 
 # -- URLs ------------------------------------------------------------------------------------------

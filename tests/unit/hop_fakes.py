@@ -74,6 +74,18 @@ class Upstream:
         finally:
             writer.close()
 
+    @classmethod
+    def never_answering(cls) -> "Upstream":
+        """A model server that reads each request and never answers: it waits until the
+        proxy closes the connection (counted in ``closed_by_proxy``)."""
+        async def wait(request: bytes, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> bool:
+            await upstream.wait_for_close(reader)
+            return False
+
+        upstream = cls(wait)
+        return upstream
+
     async def wait_for_close(self, reader: asyncio.StreamReader) -> None:
         """Block until the proxy closes the connection (counted)."""
         try:

@@ -220,6 +220,7 @@ def test_an_engine_that_never_answers_does_not_hold_the_start(
         assert "no answer within" in engines.slots["silent"].reason
         assert not engines.slots["silent"].up and not engines.slots["gone"].up
         assert "not reachable" in engines.slots["gone"].reason
+        assert "Start the engine" not in engines.slots["gone"].reason  # no local advice
         engines.release()
     finally:
         silent.close()

@@ -116,15 +116,8 @@ def test_an_admission_that_races_the_client_leaving_is_given_back() -> None:
 
 
 def test_a_client_that_leaves_before_the_headers_cancels_the_upstream_request() -> None:
-    upstream: Upstream
-
-    async def never_answer(request, reader, writer) -> bool:
-        await upstream.wait_for_close(reader)
-        return False
-
     async def scenario() -> None:
-        nonlocal upstream
-        upstream = Upstream(never_answer)
+        upstream = Upstream.never_answering()
         async with upstream as url:
             hop = Hop(url)
             client = Client(body=CHAT)
@@ -344,15 +337,8 @@ def test_a_client_that_leaves_a_loading_stream_leaves_the_queue() -> None:
 
 
 def test_no_response_headers_within_the_models_limit_is_a_504_and_a_cancel() -> None:
-    upstream: Upstream
-
-    async def never_answer(request, reader, writer) -> bool:
-        await upstream.wait_for_close(reader)
-        return False
-
     async def scenario() -> None:
-        nonlocal upstream
-        upstream = Upstream(never_answer)
+        upstream = Upstream.never_answering()
         async with upstream as url:
             hop = Hop(url, "models: {m: {image: x, timeouts: {responseHeader: 0.05}}}")
             with pytest.raises(UpstreamTimeout, match=r"timeouts.responseHeader \(0.05 s\)"):
@@ -368,15 +354,8 @@ def test_no_response_headers_within_the_models_limit_is_a_504_and_a_cancel() -> 
 
 
 def test_a_request_cut_before_its_headers_is_answered_model_stopped() -> None:
-    upstream: Upstream
-
-    async def never_answer(request, reader, writer) -> bool:
-        await upstream.wait_for_close(reader)
-        return False
-
     async def scenario() -> None:
-        nonlocal upstream
-        upstream = Upstream(never_answer)
+        upstream = Upstream.never_answering()
         async with upstream as url:
             hop = Hop(url)
             request = hop.request(Client(body=CHAT))
@@ -420,15 +399,8 @@ def test_a_stream_cut_mid_way_ends_with_an_in_band_error() -> None:
 
 
 def test_a_loading_stream_cut_before_the_models_headers_ends_in_band() -> None:
-    upstream: Upstream
-
-    async def never_answer(request, reader, writer) -> bool:
-        await upstream.wait_for_close(reader)
-        return False
-
     async def scenario() -> None:
-        nonlocal upstream
-        upstream = Upstream(never_answer)
+        upstream = Upstream.never_answering()
         async with upstream as url:
             hop = Hop(url, LOADING)
             hop.manager.stop("m")
